@@ -1,0 +1,44 @@
+"""Background work for FastAPI endpoints with precise timing.
+
+``tasks.schedule()`` starts work now, ``tasks.after_route.schedule()`` after the
+endpoint returned and before the response starts, and
+``tasks.after_response.schedule()`` once the response's last byte was sent.
+"""
+
+from ._config import TaskConfig as TaskConfig
+from ._config import TaskErrorHandler as TaskErrorHandler
+from ._config import TaskOptions as TaskOptions
+from ._dependency import Tasks as Tasks
+from ._lifespan import add_tasks as add_tasks
+from ._lifespan import get_task_manager as get_task_manager
+from ._manager import TaskManager as TaskManager
+from ._manager import TaskStats as TaskStats
+from ._task import Task as Task
+from ._task import TaskMode as TaskMode
+from ._task import TaskState as TaskState
+from .errors import FastAPITasksAlreadyInstalledError as FastAPITasksAlreadyInstalledError
+from .errors import FastAPITasksClosedError as FastAPITasksClosedError
+from .errors import FastAPITasksError as FastAPITasksError
+from .errors import FastAPITasksNotStartedError as FastAPITasksNotStartedError
+from .errors import FastAPITasksUninitializedAppError as FastAPITasksUninitializedAppError
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "FastAPITasksAlreadyInstalledError",
+    "FastAPITasksClosedError",
+    "FastAPITasksError",
+    "FastAPITasksNotStartedError",
+    "FastAPITasksUninitializedAppError",
+    "Task",
+    "TaskConfig",
+    "TaskErrorHandler",
+    "TaskManager",
+    "TaskMode",
+    "TaskOptions",
+    "TaskState",
+    "TaskStats",
+    "Tasks",
+    "add_tasks",
+    "get_task_manager",
+]

@@ -1,0 +1,152 @@
+"""Classify callables (sync or async) and check arguments before any work is created.
+
+``schedule()`` runs on the request path, so the common case (a plain function or a
+bound method) is answered from a cache keyed by the code object, which is shared by
+every closure made from the same ``def`` and so cannot grow without bound. Anything
+unusual falls back to :mod:`inspect`, which also words every error message.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from types import CodeType, FunctionType, MethodType
+from typing import Any
+
+_CO_VARARGS = inspect.CO_VARARGS
+_CO_VARKEYWORDS = inspect.CO_VARKEYWORDS
+_CO_COROUTINE = inspect.CO_COROUTINE
+_CO_ASYNC_GENERATOR = inspect.CO_ASYNC_GENERATOR
+
+
+class _Shape:
+    """What a plain function's signature accepts, read from its code object."""
+
+    __slots__ = (
+        "flags",
+        "index",
+        "kwonly",
+        "kwrequired",
+        "npos",
+        "posnames",
+        "posonly",
+        "required",
+        "varargs",
+        "varkw",
+    )
+
+    def __init__(self, fn: FunctionType) -> None:
+        code = fn.__code__
+        npos = code.co_argcount
+        names = code.co_varnames
+        self.flags = code.co_flags
+        self.npos = npos
+        self.posonly = code.co_posonlyargcount
+        self.posnames = names[:npos]
+        self.index = {name: i for i, name in enumerate(self.posnames)}
+        self.required = npos - len(fn.__defaults__ or ())
+        self.kwonly = frozenset(names[npos : npos + code.co_kwonlyargcount])
+        kwdefaults = fn.__kwdefaults__ or {}
+        self.kwrequired = tuple(name for name in self.kwonly if name not in kwdefaults)
+        self.varargs = bool(self.flags & _CO_VARARGS)
+        self.varkw = bool(self.flags & _CO_VARKEYWORDS)
+
+    def accepts(self, given: int, kwargs: Mapping[str, Any]) -> bool:
+        if given > self.npos and not self.varargs:
+            return False
+        for i in range(given, self.required):
+            if i < self.posonly or self.posnames[i] not in kwargs:
+                return False
+        for key in kwargs:
+            at = self.index.get(key)
+            if at is None:
+                if key not in self.kwonly and not self.varkw:
+                    return False
+            elif at < self.posonly:
+                if not self.varkw:
+                    return False
+            elif at < given:
+                return False
+        return all(name in kwargs for name in self.kwrequired)
+
+
+_shapes: dict[CodeType, _Shape] = {}
+
+
+def _shape(fn: FunctionType) -> _Shape:
+    shape = _shapes.get(fn.__code__)
+    if shape is None:
+        shape = _shapes[fn.__code__] = _Shape(fn)
+    return shape
+
+
+def _describe(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _reject_binding(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Raise the ``TypeError`` that calling ``fn(*args, **kwargs)`` would raise."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to check against (some builtins)
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"cannot schedule {_describe(fn)}: {exc}") from None
+
+
+def _flags_say_async(flags: int, fn: object) -> bool:
+    if flags & _CO_ASYNC_GENERATOR:
+        raise TypeError(
+            f"cannot schedule {_describe(fn)}: it is an async generator function; "
+            "schedule a coroutine function or a plain function"
+        )
+    return bool(flags & _CO_COROUTINE)
+
+
+def is_async_callable(fn: object) -> bool:
+    """Tell whether calling ``fn`` returns an awaitable that must run on the event loop."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - instances with async __call__
+    return not isinstance(fn, type) and inspect.iscoroutinefunction(call)
+
+
+def check_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Validate ``fn(*args, **kwargs)`` without calling it; return whether ``fn`` is async.
+
+    Raises ``TypeError`` for a non-callable, for a coroutine object passed instead
+    of a function (the coroutine is closed so it does not warn), and for arguments
+    that do not bind to the signature.
+    """
+    kind = type(fn)
+    if kind is FunctionType:
+        shape = _shape(fn)  # type: ignore[arg-type]
+        if not shape.accepts(len(args), kwargs):
+            _reject_binding(fn, args, kwargs)  # type: ignore[arg-type]
+        return _flags_say_async(shape.flags, fn)
+    if kind is MethodType and type(fn.__func__) is FunctionType:  # type: ignore[attr-defined]
+        func: FunctionType = fn.__func__  # type: ignore[attr-defined]
+        shape = _shape(func)
+        if not shape.accepts(len(args) + 1, kwargs):
+            _reject_binding(fn, args, kwargs)  # type: ignore[arg-type]
+        return _flags_say_async(shape.flags, fn)
+    if inspect.iscoroutine(fn):
+        fn.close()
+        raise TypeError(
+            f"schedule() got the coroutine object {fn.__qualname__}(); pass the function "
+            "and its arguments instead: schedule(func, *args, **kwargs)"
+        )
+    if not callable(fn):
+        raise TypeError(f"schedule() needs a callable, got {fn!r} of type {kind.__qualname__}")
+    _reject_binding(fn, args, kwargs)
+    target: object = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.isasyncgenfunction(target):
+        _flags_say_async(_CO_ASYNC_GENERATOR, fn)
+    return is_async_callable(fn)

@@ -1,0 +1,168 @@
+"""Task options: one frozen dataclass, validated when built, merged field by field."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypedDict, cast
+
+import anyio
+
+if TYPE_CHECKING:
+    from ._task import Task
+
+__all__ = ["TaskConfig", "TaskErrorHandler", "TaskOptions"]
+
+TaskErrorHandler = Callable[["Task[Any]", BaseException], "Awaitable[None] | None"]
+"""Type of ``on_error`` handlers: ``(task, exc) -> None``, sync or async."""
+
+
+class _Unset:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Any = _Unset()
+
+
+class TaskOptions(TypedDict, total=False):
+    """Keyword options accepted by ``task(...)``; see :class:`TaskConfig`."""
+
+    name: str | None
+    shield: bool | None
+    on_error: TaskErrorHandler | None
+    timeout: float | None
+    retries: int | None
+    retry_delay: float | None
+    retry_backoff: float | None
+    retry_on: tuple[type[BaseException], ...] | None
+    limiter: anyio.CapacityLimiter | None
+    run_on_failure: bool | None
+
+
+def check_number(name: str, value: object, *, minimum: float, strict: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be {relation} {minimum:g}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True, eq=True, repr=False)
+class TaskConfig:
+    """Options for background work.
+
+    Every field is optional. A field that was not given inherits from the
+    configuration it is merged over; a field given explicitly overrides it, even
+    when given as ``None`` (``task(timeout=None)`` switches an inherited timeout
+    off). Fields that were never given read as ``None``.
+
+    Attributes:
+        name: Label for logs and stats; defaults to the function's qualified name.
+        shield: Protect the work from cancellation at shutdown: it runs to completion.
+        on_error: Called once with ``(task, exc)`` after the work finally failed.
+        timeout: Seconds per attempt; expiry cancels the attempt and fails it with
+            ``TimeoutError``.
+        retries: Extra attempts after a failure (``0`` means none).
+        retry_delay: Seconds to wait before the first retry.
+        retry_backoff: Factor the wait grows by per retry (``>= 1``).
+        retry_on: Exception types that are retried; other failures are final at once.
+        limiter: An ``anyio.CapacityLimiter`` the work holds while it runs.
+        run_on_failure: After-route or after-response work that still runs when
+            the endpoint raised or the response could not be completed.
+    """
+
+    name: str | None = _UNSET
+    shield: bool | None = _UNSET
+    on_error: TaskErrorHandler | None = _UNSET
+    timeout: float | None = _UNSET
+    retries: int | None = _UNSET
+    retry_delay: float | None = _UNSET
+    retry_backoff: float | None = _UNSET
+    retry_on: tuple[type[BaseException], ...] | None = _UNSET
+    limiter: anyio.CapacityLimiter | None = _UNSET
+    run_on_failure: bool | None = _UNSET
+    _given: frozenset[str] = dataclasses.field(
+        default=frozenset(), init=False, compare=False, repr=False
+    )
+    _plain: bool = dataclasses.field(default=True, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        given: list[str] = []
+        for field in _FIELDS:
+            value = getattr(self, field)
+            if value is _UNSET:
+                object.__setattr__(self, field, None)
+            else:
+                given.append(field)
+                if value is not None:
+                    _validate(field, value)
+        object.__setattr__(self, "_given", frozenset(given))
+        plain = self.timeout is None and not self.retries and self.limiter is None
+        object.__setattr__(self, "_plain", plain)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={getattr(self, name)!r}" for name in _FIELDS if name in self._given
+        )
+        return f"TaskConfig({shown})"
+
+    @property
+    def shielded(self) -> bool:
+        """Whether the work is protected from cancellation at shutdown."""
+        return bool(self.shield)
+
+    @property
+    def given(self) -> frozenset[str]:
+        """Names of the fields that were given explicitly (``None`` included)."""
+        return self._given
+
+    def merge(self, other: TaskConfig) -> TaskConfig:
+        """Return a new config: ``other``'s given fields over this one's. Neither is changed."""
+        if not other._given:
+            return self
+        if not self._given:
+            return other
+        values = {name: getattr(self, name) for name in self._given}
+        values.update({name: getattr(other, name) for name in other._given})
+        return TaskConfig(**values)
+
+    @property
+    def is_plain(self) -> bool:
+        """True when no timeout, retry or limiter changes how the work runs."""
+        return self._plain
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(TaskConfig) if f.init)
+
+
+def _validate(field: str, value: object) -> None:
+    if field == "name":
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"name must be a non-empty string, got {value!r}")
+    elif field in ("shield", "run_on_failure"):
+        if not isinstance(value, bool):
+            raise ValueError(f"{field} must be True, False or None, got {value!r}")
+    elif field == "on_error":
+        if not callable(value):
+            raise ValueError(f"on_error must be callable as handler(task, exc), got {value!r}")
+    elif field == "timeout":
+        check_number("timeout", value, minimum=0, strict=True)
+    elif field == "retries":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"retries must be an int >= 0, got {value!r}")
+    elif field == "retry_delay":
+        check_number("retry_delay", value, minimum=0, strict=False)
+    elif field == "retry_backoff":
+        check_number("retry_backoff", value, minimum=1, strict=False)
+    elif field == "retry_on":
+        types = cast("tuple[object, ...]", value) if isinstance(value, tuple) else (value,)
+        if not types or not all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in types
+        ):
+            raise ValueError(f"retry_on must be a tuple of exception types, got {value!r}")
+    elif not isinstance(value, anyio.CapacityLimiter):  # limiter
+        raise ValueError(f"limiter must be an anyio.CapacityLimiter, got {value!r}")

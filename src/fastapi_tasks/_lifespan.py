@@ -1,0 +1,96 @@
+"""``add_tasks()`` and ``get_task_manager()``: wiring a manager into an app."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+
+from ._asgi import TasksMiddleware
+from ._config import TaskConfig
+from ._manager import TaskManager, current_manager
+from .errors import FastAPITasksAlreadyInstalledError, FastAPITasksUninitializedAppError
+
+__all__ = ["add_tasks", "get_task_manager"]
+
+_managers: weakref.WeakKeyDictionary[Starlette, TaskManager] = weakref.WeakKeyDictionary()
+
+
+def add_tasks(
+    app: Starlette,
+    *,
+    config: TaskConfig | None = None,
+    max_concurrency: int | None = None,
+    max_threads: int = 40,
+    shutdown_timeout: float = 0.0,
+    broker: Any | None = None,
+) -> TaskManager:
+    """Give ``app`` a task manager and return it.
+
+    The manager starts with the app's lifespan, before the app's own startup
+    code, and drains before the app's own shutdown code runs.
+
+    Args:
+        app: The FastAPI (or Starlette) application.
+        config: App-wide default task options; ``task(...)`` overrides them.
+        max_concurrency: Most work running at once across the app; the rest
+            waits in FIFO order and is never dropped. ``None`` means no cap.
+        max_threads: Worker threads for sync (``def``) work, separate from the
+            pool Starlette uses for sync endpoints.
+        shutdown_timeout: Seconds running work gets to finish at shutdown before
+            unshielded work is cancelled.
+        broker: Reserved for distributed mode (a taskiq broker).
+
+    Raises:
+        FastAPITasksAlreadyInstalledError: ``add_tasks`` already ran on this app.
+    """
+    if app in _managers:
+        raise FastAPITasksAlreadyInstalledError("add_tasks() was already called on this app")
+    manager = TaskManager(
+        config=config,
+        max_concurrency=max_concurrency,
+        max_threads=max_threads,
+        shutdown_timeout=shutdown_timeout,
+        broker=broker,
+    )
+    app_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncGenerator[Any, None]:
+        async with manager.lifespan(), app_lifespan(app) as state:
+            try:
+                yield state
+            finally:
+                # Drain our work while the app's resources (its DB pools...) still exist.
+                await manager.aclose()
+
+    app.router.lifespan_context = lifespan
+    app.add_middleware(TasksMiddleware, manager=manager)
+    _managers[app] = manager
+    return manager
+
+
+def get_task_manager(app: Starlette | None = None) -> TaskManager:
+    """Return the task manager of ``app``, or of the app serving the current request or task.
+
+    Raises:
+        FastAPITasksUninitializedAppError: ``app`` has no manager, or no app is
+            in context and none was given.
+    """
+    if app is None:
+        manager = current_manager.get()
+        if manager is None:
+            raise FastAPITasksUninitializedAppError(
+                "no app with a task manager in this context: call get_task_manager(app), "
+                "and make sure add_tasks(app) was called"
+            )
+        return manager
+    manager = _managers.get(app)
+    if manager is None:
+        raise FastAPITasksUninitializedAppError(
+            "this app has no task manager: call add_tasks(app) first"
+        )
+    return manager

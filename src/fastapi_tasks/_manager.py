@@ -1,0 +1,451 @@
+"""The app-level task manager: admission, limits, bookkeeping, join and shutdown."""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import logging
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, Literal, TypeVar, overload
+
+import anyio
+from typing_extensions import ParamSpec, Unpack
+
+from ._call import check_call
+from ._config import TaskConfig, TaskOptions, check_number
+from ._runner import Runner, open_runner
+from ._task import (
+    CANCELLED,
+    DISCARDED,
+    SUCCEEDED,
+    Event,
+    Task,
+    TaskMode,
+    TaskState,
+)
+from .errors import FastAPITasksClosedError, FastAPITasksError, FastAPITasksNotStartedError
+
+__all__ = ["Scheduler", "TaskManager", "TaskStats", "current_manager"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+logger = logging.getLogger("fastapi_tasks")
+
+current_manager: contextvars.ContextVar[TaskManager | None] = contextvars.ContextVar(
+    "fastapi_tasks_manager", default=None
+)
+
+_Phase = Literal["new", "running", "closing", "closed"]
+
+
+def _check_type(name: str, value: object, kind: type) -> None:
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__}, got {value!r}")
+
+
+def _check_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskStats:
+    """A snapshot of a manager's counters.
+
+    ``pending`` and ``running`` are the live tasks right now; the other fields
+    count tasks that ended in that state since the manager was created.
+    """
+
+    scheduled: int
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    discarded: int
+    retries: int
+
+
+class Scheduler:
+    """Something with ``schedule()`` and ``task(**options)``."""
+
+    __slots__ = ()
+
+    def _accept(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        is_async: bool,
+        config: TaskConfig,
+    ) -> Task[Any]:
+        raise NotImplementedError  # pragma: no cover
+
+    def _default_config(self) -> TaskConfig:
+        raise NotImplementedError  # pragma: no cover
+
+    @overload
+    def schedule(
+        self, func: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Task[R]: ...
+    @overload
+    def schedule(self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Task[R]: ...
+    def schedule(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Task[Any]:
+        """Schedule ``func(*args, **kwargs)`` and return its :class:`Task` handle.
+
+        Raises ``TypeError`` at once when ``func`` is not callable, is a coroutine
+        object, or the arguments do not fit its signature.
+        """
+        is_async = check_call(func, args, kwargs)
+        return self._accept(func, args, kwargs, is_async, self._default_config())
+
+    def task(self, **options: Unpack[TaskOptions]) -> ConfiguredScheduler:
+        """Return a scheduler whose work runs with ``options`` merged over the defaults."""
+        return ConfiguredScheduler(self, self._default_config().merge(TaskConfig(**options)))
+
+
+class ConfiguredScheduler(Scheduler):
+    """A scheduler with options applied; returned by ``task(**options)``."""
+
+    __slots__ = ("_config", "_target")
+
+    def __init__(self, target: Scheduler, config: TaskConfig) -> None:
+        self._target = target
+        self._config = config
+
+    @property
+    def config(self) -> TaskConfig:
+        """The merged options the scheduled work will run with."""
+        return self._config
+
+    def _default_config(self) -> TaskConfig:
+        return self._config
+
+    def _accept(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        is_async: bool,
+        config: TaskConfig,
+    ) -> Task[Any]:
+        return self._target._accept(func, args, kwargs, is_async, config)
+
+
+class TaskManager(Scheduler):
+    """The app's task manager, returned by ``add_tasks()``.
+
+    It runs every task of the app, schedules immediate work outside requests
+    (on startup, in WebSocket loops, inside other tasks), and is what tests
+    ``join()`` on. Find it with ``get_task_manager()``.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_active",
+        "_config",
+        "_counts",
+        "_idle",
+        "_live",
+        "_max_concurrency",
+        "_max_threads",
+        "_phase",
+        "_retries",
+        "_runner",
+        "_scheduled",
+        "_shutdown_timeout",
+        "_thread_limiter",
+        "_waiting",
+        "broker",
+        "cancelled_exc",
+        "shield_warning_interval",
+    )
+
+    def __init__(
+        self,
+        *,
+        config: TaskConfig | None = None,
+        max_concurrency: int | None = None,
+        max_threads: int = 40,
+        shutdown_timeout: float = 0.0,
+        broker: object | None = None,
+    ) -> None:
+        _check_type("config", config, TaskConfig)
+        if max_concurrency is not None:
+            _check_int("max_concurrency", max_concurrency)
+        _check_int("max_threads", max_threads)
+        check_number("shutdown_timeout", shutdown_timeout, minimum=0, strict=False)
+        self._config = config or TaskConfig()
+        self._max_concurrency = max_concurrency
+        self._max_threads = max_threads
+        self._shutdown_timeout = float(shutdown_timeout)
+        self.broker = broker
+        self._runner: Runner | None = None
+        self._phase: _Phase = "new"
+        self._live: dict[Task[Any], None] = {}
+        self._waiting: deque[Task[Any]] = deque()
+        self._active = 0
+        self._scheduled = 0
+        self._retries = 0
+        self._counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
+        self._idle: Event | None = None
+        self._thread_limiter: anyio.CapacityLimiter | None = None
+        self.cancelled_exc: type[BaseException] = BaseException
+        self.shield_warning_interval = 5.0
+
+    def __repr__(self) -> str:
+        return f"<TaskManager {self._phase} live={len(self._live)}>"
+
+    # -- public -----------------------------------------------------------------
+
+    @property
+    def config(self) -> TaskConfig:
+        """The app-wide default options (``add_tasks(config=...)``)."""
+        return self._config
+
+    @property
+    def running(self) -> bool:
+        """Whether the manager accepts work (between lifespan startup and shutdown)."""
+        return self._phase == "running"
+
+    @property
+    def tasks(self) -> list[Task[Any]]:
+        """The live tasks (pending or running), in the order they were handed over."""
+        return list(self._live)
+
+    @property
+    def stats(self) -> TaskStats:
+        """Counters by state, retries and discarded work."""
+        running = sum(1 for task in self._live if task.attempts)
+        counts = self._counts
+        return TaskStats(
+            scheduled=self._scheduled,
+            pending=len(self._live) - running,
+            running=running,
+            succeeded=counts[SUCCEEDED],
+            failed=counts[TaskState.FAILED],
+            cancelled=counts[CANCELLED],
+            discarded=counts[DISCARDED],
+            retries=self._retries,
+        )
+
+    async def join(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - SPEC API
+        """Wait until no work is pending or running, error handlers included.
+
+        Work scheduled while waiting is waited for too. Raises ``TimeoutError``
+        when ``timeout`` seconds pass first.
+        """
+        with anyio.fail_after(timeout):
+            while self._live:
+                if self._idle is None:
+                    self._idle = self.new_event()
+                await self._idle.wait()
+
+    def join_blocking(self, timeout: float | None = None) -> None:
+        """Blocking twin of :meth:`join` for sync code, e.g. tests using ``TestClient``.
+
+        It must be called from another thread than the event loop's.
+        """
+        runner = self._runner
+        if runner is None or not self._live:
+            return
+        if runner.in_loop_thread():
+            raise RuntimeError("join_blocking() would block the event loop; use 'await join()'")
+        runner.run_blocking(lambda: self.join(timeout))
+
+    # -- scheduling -------------------------------------------------------------
+
+    def _default_config(self) -> TaskConfig:
+        return self._config
+
+    def _refusal(self) -> FastAPITasksError:
+        if self._phase == "new":
+            return FastAPITasksNotStartedError(
+                "the task manager is not running: the app's lifespan has not started. "
+                "Serve the app with an ASGI server, or use 'with TestClient(app):' in tests"
+            )
+        return FastAPITasksClosedError("cannot schedule work: the app is shutting down")
+
+    def new_task(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        is_async: bool,
+        config: TaskConfig,
+        mode: TaskMode,
+    ) -> Task[Any]:
+        """Create a pending task for later release; raises if the manager is not running."""
+        if self._phase != "running":
+            raise self._refusal()
+        return Task(self, func, args, kwargs, config, mode, is_async, contextvars.copy_context())
+
+    def _accept(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        is_async: bool,
+        config: TaskConfig,
+    ) -> Task[Any]:
+        runner = self._runner
+        if runner is None or self._phase != "running":
+            raise self._refusal()
+        if runner.in_loop_thread():
+            task: Task[Any] = Task(self, func, args, kwargs, config, "immediate", is_async, None)
+            self._admit(task)
+        else:
+            task = Task(
+                self, func, args, kwargs, config, "immediate", is_async, contextvars.copy_context()
+            )
+            runner.call_soon_threadsafe(self.release, task)
+        return task
+
+    def release(self, task: Task[Any]) -> None:
+        """Hand a task that was accepted earlier to the runner (event loop thread only)."""
+        if task.state is not TaskState.PENDING:
+            return  # cancelled while it waited for its moment
+        if self._phase != "running":
+            self.discard(task, "the app was shutting down")
+            return
+        self._admit(task)
+
+    def release_threadsafe(self, task: Task[Any]) -> None:
+        """:meth:`release` from any thread."""
+        runner = self._runner
+        if runner is not None and not runner.in_loop_thread():
+            runner.call_soon_threadsafe(self.release, task)
+        else:
+            self.release(task)
+
+    def release_all(self, tasks: Iterable[Task[Any]], failed: bool, reason: str) -> None:
+        """Release a batch; if ``failed``, only ``run_on_failure`` work runs; the rest is dropped."""
+        for task in tasks:
+            if failed and not task.config.run_on_failure:
+                if task.state is TaskState.PENDING:
+                    self.discard(task, reason)
+            else:
+                self.release(task)
+
+    def _admit(self, task: Task[Any]) -> None:
+        self._live[task] = None
+        self._scheduled += 1
+        limit = self._max_concurrency
+        if limit is not None and self._active >= limit:
+            self._waiting.append(task)
+            return
+        self._start(task)
+
+    def _start(self, task: Task[Any]) -> None:
+        task._admitted = True
+        self._active += 1
+        self._runner.start(task)  # type: ignore[union-attr]
+
+    def discard(self, task: Task[Any], reason: str) -> None:
+        """End a task that never started (its request failed): counted and logged."""
+        task.state = DISCARDED
+        self._counts[DISCARDED] += 1
+        if task._done is not None:
+            task._done.set()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "discarded task %s (id %s, %s): %s",
+                task.name,
+                task.id,
+                task.mode,
+                reason,
+                extra=task._log_extra(),
+            )
+
+    # -- what tasks need from their host ---------------------------------------
+
+    def new_event(self) -> Event:
+        if self._runner is None:
+            return anyio.Event()
+        return self._runner.new_event()
+
+    async def run_sync(self, func: Callable[[], Any]) -> Any:
+        return await anyio.to_thread.run_sync(
+            func, limiter=self._thread_limiter, abandon_on_cancel=True
+        )
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+    def count_retry(self) -> None:
+        self._retries += 1
+
+    def finish(self, task: Task[Any], state: TaskState) -> None:
+        task.state = state
+        self._counts[state] += 1
+        self._live.pop(task, None)
+        if task._done is not None:
+            task._done.set()
+        if task._admitted:
+            self._active -= 1
+            waiting = self._waiting
+            while waiting and self._active < self._max_concurrency:  # type: ignore[operator]
+                queued = waiting.popleft()
+                if queued.state is TaskState.PENDING:
+                    self._start(queued)
+        if not self._live and self._idle is not None:
+            self._idle.set()
+            self._idle = None
+        if state is SUCCEEDED and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("task %s (id %s) succeeded", task.name, task.id, extra=task._log_extra())
+
+    # -- lifespan ---------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncGenerator[None, None]:
+        """Run the manager for the duration of the block (the app's lifespan)."""
+        if self._phase in ("running", "closing"):
+            raise FastAPITasksError("this task manager is already running")
+        async with open_runner() as runner:
+            self._runner = runner
+            self.cancelled_exc = runner.cancelled_exc
+            self._thread_limiter = anyio.CapacityLimiter(self._max_threads)
+            self._phase = "running"
+            token = current_manager.set(self)
+            try:
+                yield
+            finally:
+                current_manager.reset(token)
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        """Shut down: refuse new work, drain for ``shutdown_timeout``, cancel, wait for shielded."""
+        if self._phase != "running":
+            return
+        self._phase = "closing"
+        before = dict(self._counts)
+        try:
+            if self._live and self._shutdown_timeout > 0:
+                with anyio.move_on_after(self._shutdown_timeout):
+                    await self.join()
+            for task in list(self._live):
+                if not task.config.shielded:
+                    task.cancel()
+            while self._live:
+                with anyio.move_on_after(self.shield_warning_interval):
+                    await self.join()
+                if self._live:
+                    logger.warning(
+                        "shutdown is waiting for %d shielded task(s): %s",
+                        len(self._live),
+                        ", ".join(f"{task.name} (id {task.id})" for task in self._live),
+                    )
+        finally:
+            self._phase = "closed"
+            self._runner = None
+            done = {state: self._counts[state] - before[state] for state in before}
+            logger.info(
+                "task manager stopped: %d completed, %d failed, %d cancelled, %d discarded "
+                "during shutdown",
+                done[SUCCEEDED],
+                done[TaskState.FAILED],
+                done[CANCELLED],
+                done[DISCARDED],
+            )

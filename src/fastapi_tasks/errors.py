@@ -1,0 +1,44 @@
+"""Exceptions raised by fastapi_tasks.
+
+Every exception the library raises on purpose derives from one root, so a
+single ``except FastAPITasksError`` catches them all::
+
+    FastAPITasksError
+    ├── FastAPITasksUninitializedAppError
+    ├── FastAPITasksAlreadyInstalledError
+    ├── FastAPITasksNotStartedError
+    └── FastAPITasksClosedError
+
+Wrong arguments to ``schedule()`` raise the built-in ``TypeError`` and invalid
+option values the built-in ``ValueError``, as Python's own APIs do.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FastAPITasksAlreadyInstalledError",
+    "FastAPITasksClosedError",
+    "FastAPITasksError",
+    "FastAPITasksNotStartedError",
+    "FastAPITasksUninitializedAppError",
+]
+
+
+class FastAPITasksError(Exception):
+    """Root of every error raised by fastapi_tasks."""
+
+
+class FastAPITasksUninitializedAppError(FastAPITasksError, RuntimeError):
+    """``Tasks`` or the task manager was used on an app without ``add_tasks(app)``."""
+
+
+class FastAPITasksAlreadyInstalledError(FastAPITasksError, RuntimeError):
+    """``add_tasks()`` was called a second time on the same app."""
+
+
+class FastAPITasksNotStartedError(FastAPITasksError, RuntimeError):
+    """Work was scheduled before the app's lifespan started the task manager."""
+
+
+class FastAPITasksClosedError(FastAPITasksError, RuntimeError):
+    """Work was scheduled after the app's shutdown began."""
