@@ -50,6 +50,11 @@ def _check_int(name: str, value: object) -> None:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
+def _boxed(func: Callable[[], Any]) -> tuple[Any]:
+    # trio refuses a thread function whose result is awaitable; a tuple hides it.
+    return (func(),)
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskStats:
     """A snapshot of a manager's counters.
@@ -367,9 +372,10 @@ class TaskManager(Scheduler):
         return self._runner.new_event()
 
     async def run_sync(self, func: Callable[[], Any]) -> Any:
-        return await anyio.to_thread.run_sync(
-            func, limiter=self._thread_limiter, abandon_on_cancel=True
+        (result,) = await anyio.to_thread.run_sync(
+            _boxed, func, limiter=self._thread_limiter, abandon_on_cancel=True
         )
+        return result
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
