@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from collections.abc import AsyncIterator
 from typing import Any
@@ -104,8 +105,8 @@ async def test_coroutine_object_is_refused_and_closed(app: FastAPI, manager: Tas
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a "never awaited" warning would fail here
             with pytest.raises(TypeError, match="pass the function and its arguments"):
-                manager.schedule(coroutine)  # type: ignore[arg-type]
-        assert coroutine.cr_frame is None  # closed
+                manager.schedule(coroutine)  # type: ignore[call-overload]
+        assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
 
 
 def test_tasks_on_an_app_without_add_tasks() -> None:
@@ -115,7 +116,8 @@ def test_tasks_on_an_app_without_add_tasks() -> None:
     async def endpoint(tasks: Tasks) -> str:
         return "unreachable"
 
-    with TestClient(app) as client, pytest.raises(FastAPITasksUninitializedAppError) as caught:
+    client = TestClient(app)
+    with client, pytest.raises(FastAPITasksUninitializedAppError) as caught:
         client.get("/")
     assert "add_tasks(app)" in str(caught.value)
     with pytest.raises(FastAPITasksUninitializedAppError, match="add_tasks"):

@@ -20,14 +20,16 @@ def test_unset_fields_read_as_none_and_merge_never_mutates() -> None:
     assert merged == TaskConfig(name="base", timeout=None, retries=2, shield=True)
     assert merged.timeout is None
     assert merged.shielded
-    assert base.timeout == 5.0 and override.retries is None
+    assert base.timeout == 5.0
+    assert override.retries is None
     assert base.given == {"name", "timeout", "retries"}
     assert TaskConfig().merge(base) is base
     assert base.merge(TaskConfig()) is base
     assert repr(override) == "TaskConfig(shield=True, timeout=None)"
     assert not TaskConfig().shielded
-    assert TaskConfig().is_plain and not base.is_plain
-    assert TaskConfig(retry_on=ValueError).retry_on is ValueError  # type: ignore[arg-type]
+    assert TaskConfig().is_plain
+    assert not base.is_plain
+    assert TaskConfig(retry_on=ValueError).retry_on is ValueError
 
 
 async def test_precedence_library_then_app_then_task() -> None:

@@ -74,16 +74,16 @@ def test_websocket_endpoint_with_all_three_modes(recorder: Recorder) -> None:
         tasks.after_response.task(run_on_failure=True).schedule(recorder.record, "on failure")
         raise RuntimeError("handler bug")
 
-    with TestClient(app) as client:
-        with client.websocket_connect("/ws") as ws:
-            assert ws.receive_text() == "hello"
+    client = TestClient(app)
+    with client:
+        session = client.websocket_connect("/ws")
+        with session:
+            assert session.receive_text() == "hello"
         manager.join_blocking(5)
         assert recorder.events == ["now", "route", "response"]
-        with (
-            pytest.raises(WebSocketDisconnect),
-            client.websocket_connect("/gone") as ws,
-        ):
-            ws.close()
+        session = client.websocket_connect("/gone")
+        with pytest.raises(WebSocketDisconnect), session:
+            session.close()
         manager.join_blocking(5)
         with pytest.raises(RuntimeError, match="handler bug"), client.websocket_connect("/broken"):
             pass

@@ -94,8 +94,8 @@ async def test_exceptions_outside_retry_on_fail_at_once(app: FastAPI, manager: T
         raise KeyError("not retryable")
 
     async with serving(app):
-        config = TaskConfig(retries=5, retry_delay=0, retry_on=(ConnectionError,))
-        task = manager.task(**{k: getattr(config, k) for k in config.given}).schedule(wrong)  # type: ignore[arg-type]
+        retrying = manager.task(retries=5, retry_delay=0, retry_on=(ConnectionError,))
+        task = retrying.schedule(wrong)
         await manager.join(5)
     assert task.attempts == 1
     assert task.state is TaskState.FAILED

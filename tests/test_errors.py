@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Awaitable
 
 import pytest
 from fastapi import FastAPI
@@ -96,7 +97,7 @@ async def test_sync_handler_returning_an_awaitable_is_awaited(
     async def record(exc: BaseException) -> None:
         seen.append(str(exc))
 
-    def handler(task: Task[object], exc: BaseException) -> object:
+    def handler(task: Task[object], exc: BaseException) -> Awaitable[None]:
         return record(exc)
 
     async with serving(app):

@@ -23,7 +23,8 @@ def test_fastapi_still_provides_the_function_exit_stack() -> None:
         seen["stack"] = request.scope.get(FUNCTION_STACK_KEY)
         return "ok"
 
-    with TestClient(app) as client:
+    client = TestClient(app)
+    with client:
         client.get("/")
     assert isinstance(seen["stack"], AsyncExitStack), (
         f"FastAPI no longer sets scope[{FUNCTION_STACK_KEY!r}]: after-route timing and failure "

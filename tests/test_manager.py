@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -42,7 +44,7 @@ async def test_handle_reports_its_life_cycle(app: FastAPI, manager: TaskManager)
 
     async with serving(app):
         task = manager.schedule(gated, 7)
-        assert task.state is TaskState.PENDING
+        assert task.state == "pending"
         assert not task.done
         assert manager.stats.pending == 1
         await task.started.wait()
@@ -53,7 +55,8 @@ async def test_handle_reports_its_life_cycle(app: FastAPI, manager: TaskManager)
         gate.set()
         await task.wait()
         await task.wait()  # already done: returns at once
-        assert task.state is TaskState.SUCCEEDED
+        assert task.done
+        assert task.state.value == "succeeded"
         assert task.result == 7
         assert task.exception is None
         assert task.attempts == 1
@@ -63,7 +66,8 @@ async def test_handle_reports_its_life_cycle(app: FastAPI, manager: TaskManager)
         await sync_task.wait()
         assert sync_task.result == 6
         assert await sync_task() == 6
-    assert "gated" in repr(task) and "7" not in repr(task).replace(f"id={task.id}", "")
+    assert "gated" in repr(task)
+    assert "7" not in repr(task).replace(f"id={task.id}", "")
     assert manager.stats.succeeded == 2
     assert manager.stats.scheduled == 2
 
@@ -187,7 +191,8 @@ def test_join_blocking_with_test_client(recorder: Recorder) -> None:
         return "ok"
 
     manager.join_blocking()  # not running: nothing to wait for
-    with TestClient(app) as client:
+    client = TestClient(app)
+    with client:
         assert client.post("/").json() == "ok"
         manager.join_blocking(5)
         assert recorder.events == ["sent"]
@@ -217,11 +222,8 @@ async def test_get_task_manager_in_requests_tasks_and_startup(manager: TaskManag
     async def note() -> None:
         found.append(get_task_manager())
 
-    from contextlib import asynccontextmanager
-    from collections.abc import AsyncIterator
-
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncGenerator[None, None]:
         get_task_manager().schedule(note)  # on startup
         yield
 

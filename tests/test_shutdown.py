@@ -41,7 +41,7 @@ async def test_default_shutdown_cancels_unshielded_work_at_once(
     assert protected.state is TaskState.SUCCEEDED
     assert finished == ["shielded"]
     assert manager.tasks == []
-    summary = [r.getMessage() for r in task_logs.records if "task manager stopped" in r.getMessage()]
+    summary = [r.getMessage() for r in task_logs.records if "manager stopped" in r.getMessage()]
     assert summary == [
         "task manager stopped: 1 completed, 0 failed, 2 cancelled, 0 discarded during shutdown"
     ]

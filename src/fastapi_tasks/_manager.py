@@ -326,7 +326,7 @@ class TaskManager(Scheduler):
             self.release(task)
 
     def release_all(self, tasks: Iterable[Task[Any]], failed: bool, reason: str) -> None:
-        """Release a batch; if ``failed``, only ``run_on_failure`` work runs; the rest is dropped."""
+        """Release a batch; if ``failed`` only ``run_on_failure`` work runs, the rest is dropped."""
         for task in tasks:
             if failed and not task.config.run_on_failure:
                 if task.state is TaskState.PENDING:
