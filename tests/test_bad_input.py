@@ -126,6 +126,12 @@ def test_tasks_on_an_app_without_add_tasks() -> None:
         get_task_manager()
 
 
+def test_a_broker_is_refused_until_distributed_mode_exists(app: FastAPI) -> None:
+    with pytest.raises(NotImplementedError, match="distributed mode"):
+        add_tasks(app, broker=object())
+    add_tasks(app)  # nothing was installed by the refused call
+
+
 def test_add_tasks_twice_is_an_error(app: FastAPI) -> None:
     add_tasks(app)
     with pytest.raises(FastAPITasksAlreadyInstalledError):

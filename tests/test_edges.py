@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any, Literal
@@ -58,6 +59,17 @@ def test_more_bad_calls_are_refused() -> None:
     with pytest.raises(TypeError, match="multiple values"):
         check_call(takes_two, (1, 2), {"a": 1})
     assert check_call(int, ("5",), {}) is False  # no signature to check: accepted
+
+
+def test_the_code_object_wins_over_a_misleading_signature() -> None:
+    from fastapi_tasks._call import check_call
+
+    async def needs_one(a: int) -> None:
+        pass  # pragma: no cover
+
+    needs_one.__signature__ = inspect.signature(lambda *args, **kwargs: None)  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="do not fit its parameters"):
+        check_call(needs_one, (), {})
 
 
 async def test_work_scheduled_after_its_moment_starts_at_once(

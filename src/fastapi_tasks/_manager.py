@@ -163,7 +163,6 @@ class TaskManager(Scheduler):
         "_shutdown_timeout",
         "_thread_limiter",
         "_waiting",
-        "broker",
         "cancelled_exc",
         "shield_warning_interval",
     )
@@ -175,7 +174,6 @@ class TaskManager(Scheduler):
         max_concurrency: int | None = None,
         max_threads: int = 40,
         shutdown_timeout: float = 0.0,
-        broker: object | None = None,
     ) -> None:
         _check_type("config", config, TaskConfig)
         if max_concurrency is not None:
@@ -186,7 +184,6 @@ class TaskManager(Scheduler):
         self._max_concurrency = max_concurrency
         self._max_threads = max_threads
         self._shutdown_timeout = float(shutdown_timeout)
-        self.broker = broker
         self._runner: Runner | None = None
         self._phase: _Phase = "new"
         self._live: dict[Task[Any], None] = {}
