@@ -27,7 +27,7 @@ from fastapi_tasks import (
 )
 from fastapi_tasks._dependency import SCOPE_KEY
 
-from .conftest import Recorder, serving
+from .conftest import Recorder, http_scope, receive_empty_body, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -137,7 +137,7 @@ async def test_final_body_send_fails_after_the_response_started(
 
     async with serving(app):
         with pytest.raises(OSError, match="reset"):
-            await app(_scope(), _receive, send)
+            await app(http_scope(), receive_empty_body, send)
         await manager.join(5)
     assert recorder.events == ["route"]
     assert manager.stats.discarded == 1
@@ -167,7 +167,7 @@ async def test_stream_stopped_without_its_last_chunk_discards_after_response_wor
 
     app.router.routes[-1].app = partial  # type: ignore[attr-defined]
     async with serving(app):
-        await app(_scope(), _receive, _discard_send)
+        await app(http_scope(), receive_empty_body, _discard_send)
         await manager.join(5)
     assert recorder.events == ["still"]
 
@@ -319,27 +319,6 @@ async def test_without_fastapis_exit_stack_after_route_work_goes_at_response_sta
         assert (await client.get("/plain")).text == "plain"
         await manager.join(5)
     assert recorder.events == ["route", "response"]
-
-
-def _scope() -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "path": "/",
-        "raw_path": b"/",
-        "root_path": "",
-        "scheme": "http",
-        "query_string": b"",
-        "headers": [],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-
-
-async def _receive() -> Message:
-    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 async def _discard_send(message: Message) -> None:
