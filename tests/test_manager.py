@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
@@ -263,3 +264,26 @@ async def test_mounted_apps_share_the_outer_manager(recorder: Recorder) -> None:
         assert (await client.get("/own/")).json() is True
         await manager.join(5)
     assert recorder.events == ["mounted", "mounted"]
+
+
+async def test_callables_are_classified_sync_or_async(app: FastAPI, manager: TaskManager) -> None:
+    loop_thread = threading.get_ident()
+    where: dict[str, bool] = {}
+
+    class AsyncCallable:
+        async def __call__(self, label: str) -> None:
+            where[label] = threading.get_ident() == loop_thread
+
+    class SyncCallable:
+        def __call__(self, label: str) -> None:
+            where[label] = threading.get_ident() == loop_thread
+
+    async def coroutine_function(label: str) -> None:
+        where[label] = threading.get_ident() == loop_thread
+
+    async with serving(app):
+        manager.schedule(AsyncCallable(), "async __call__")
+        manager.schedule(SyncCallable(), "sync __call__")
+        manager.schedule(functools.partial(functools.partial(coroutine_function), "partial"))
+        await manager.join(5)
+    assert where == {"async __call__": True, "sync __call__": False, "partial": True}
