@@ -287,3 +287,14 @@ async def test_callables_are_classified_sync_or_async(app: FastAPI, manager: Tas
         manager.schedule(functools.partial(functools.partial(coroutine_function), "partial"))
         await manager.join(5)
     assert where == {"async __call__": True, "sync __call__": False, "partial": True}
+
+
+def test_join_blocking_sees_work_scheduled_from_the_same_thread(recorder: Recorder) -> None:
+    app = FastAPI()
+    manager = add_tasks(app)
+    client = TestClient(app)
+    with client:
+        for n in range(50):  # the hand-over to the loop races with join_blocking
+            manager.schedule(recorder.record, n)
+            manager.join_blocking(5)
+            assert recorder.events == list(range(n + 1))

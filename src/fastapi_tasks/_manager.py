@@ -302,6 +302,8 @@ class TaskManager(Scheduler):
             task = Task(
                 self, func, args, kwargs, config, "immediate", is_async, contextvars.copy_context()
             )
+            # Live from now on, so a join() racing with the hand-over still waits for it.
+            self._live[task] = None
             runner.call_soon_threadsafe(self.release, task)
         return task
 
@@ -349,8 +351,7 @@ class TaskManager(Scheduler):
         """End a task that never started (its request failed): counted and logged."""
         task.state = DISCARDED
         self._counts[DISCARDED] += 1
-        if task._done is not None:
-            task._done.set()
+        self._forget(task)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "discarded task %s (id %s, %s): %s",
@@ -360,6 +361,14 @@ class TaskManager(Scheduler):
                 reason,
                 extra=task._log_extra(),
             )
+
+    def _forget(self, task: Task[Any]) -> None:
+        self._live.pop(task, None)
+        if task._done is not None:
+            task._done.set()
+        if not self._live and self._idle is not None:
+            self._idle.set()
+            self._idle = None
 
     # -- what tasks need from their host ---------------------------------------
 
@@ -383,9 +392,7 @@ class TaskManager(Scheduler):
     def finish(self, task: Task[Any], state: TaskState) -> None:
         task.state = state
         self._counts[state] += 1
-        self._live.pop(task, None)
-        if task._done is not None:
-            task._done.set()
+        self._forget(task)
         if task._admitted:
             self._active -= 1
             waiting = self._waiting
@@ -393,9 +400,6 @@ class TaskManager(Scheduler):
                 queued = waiting.popleft()
                 if queued.state is TaskState.PENDING:
                     self._start(queued)
-        if not self._live and self._idle is not None:
-            self._idle.set()
-            self._idle = None
         if state is SUCCEEDED and logger.isEnabledFor(logging.DEBUG):
             logger.debug("task %s (id %s) succeeded", task.name, task.id, extra=task._log_extra())
 
