@@ -13,8 +13,9 @@ How an example runs:
   lifespan runs under ``TestClient`` (on asyncio and on trio), the code of an optional
   ``<!-- run: ... -->`` comment right after the block drives it (with ``client``, ``app``
   and ``manager`` in scope, next to the example's own names), then ``join_blocking()``
-  waits for every task and the lifespan shuts down. An example without an app that
-  defines ``async def main()`` has ``main`` run on both backends.
+  waits for every task and the lifespan shuts down.
+- An example that defines ``async def main()`` drives itself: ``main`` runs on asyncio and
+  on trio instead, and must run any lifespan it needs.
 """
 
 from __future__ import annotations
@@ -207,10 +208,14 @@ def test_example(example: Example, backend: str, pytester: pytest.Pytester) -> N
         return
 
     namespace = _execute(example)
-    apps = _apps_with_tasks(namespace)
+    main = namespace.get("main")
+    if inspect.iscoroutinefunction(main):
+        assert example.driver is None, f"{example.id}: main() and a run comment exclude each other"
+        anyio.run(main, backend=backend)
+        return
     if example.driver is not None:
         assert "app" in namespace, f"{example.id}: a run comment needs an app named 'app'"
-    for app, manager in apps:
+    for app, manager in _apps_with_tasks(namespace):
         driver = example.driver if app is namespace.get("app") else None
 
         def drive(client: TestClient, driver: str | None = driver) -> None:
@@ -219,9 +224,6 @@ def test_example(example: Example, backend: str, pytester: pytest.Pytester) -> N
                 exec(compile(driver, f"{example.id} (run comment)", "exec"), scope)
 
         _serve(app, manager, backend, drive)
-    main = namespace.get("main")
-    if not apps and inspect.iscoroutinefunction(main):
-        anyio.run(main, backend=backend)
 
 
 # -- the collector itself -------------------------------------------------------------
