@@ -220,8 +220,9 @@ def test_example(example: Example, backend: str, pytester: pytest.Pytester) -> N
 
         def drive(client: TestClient, driver: str | None = driver) -> None:
             if driver is not None:
-                scope = {**namespace, "client": client, "manager": manager}
-                exec(compile(driver, f"{example.id} (run comment)", "exec"), scope)
+                # The example's own module namespace, live: its globals change as tasks run.
+                namespace.update(client=client, manager=manager)
+                exec(compile(driver, f"{example.id} (run comment)", "exec"), namespace)
 
         _serve(app, manager, backend, drive)
 
