@@ -243,7 +243,9 @@ def test_the_pages_have_examples() -> None:
     examples = [example for page in PAGES for example in parse_examples(page)]
     assert len(examples) >= 20
     assert any(example.page.name == "README.md" for example in examples)
-    assert all(example.skip_reason is None for example in examples if example.page.name == "README.md")
+    assert all(
+        example.skip_reason is None for example in examples if example.page.name == "README.md"
+    )
 
 
 def test_parser_reads_markers_drivers_and_indented_blocks(tmp_path: Path) -> None:
