@@ -85,8 +85,8 @@ def _describe(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def _reject_binding(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Raise the ``TypeError`` that calling ``fn(*args, **kwargs)`` would raise."""
+def _check_binding(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Raise the ``TypeError`` that calling ``fn(*args, **kwargs)`` would raise, if any."""
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):  # no signature to check against (some builtins)
@@ -95,6 +95,17 @@ def _reject_binding(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
         signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise TypeError(f"cannot schedule {_describe(fn)}: {exc}") from None
+
+
+def _reject(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """The code object says the call cannot work; let inspect word why."""
+    _check_binding(fn, args, kwargs)
+    # inspect accepted it (a __signature__ override, or Python 3.13's binder letting
+    # a positional-only name slip into **kwargs), but the real call would fail.
+    raise TypeError(
+        f"cannot schedule {_describe(fn)}: these arguments do not fit its parameters "
+        f"({len(args)} positional, keywords {sorted(kwargs)})"
+    )
 
 
 def _flags_say_async(flags: int, fn: object) -> bool:
@@ -127,13 +138,13 @@ def check_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> boo
     if kind is FunctionType:
         shape = _shape(fn)  # type: ignore[arg-type]
         if not shape.accepts(len(args), kwargs):
-            _reject_binding(fn, args, kwargs)  # type: ignore[arg-type]
+            _reject(fn, args, kwargs)  # type: ignore[arg-type]
         return _flags_say_async(shape.flags, fn)
     if kind is MethodType and type(fn.__func__) is FunctionType:  # type: ignore[attr-defined]
         func: FunctionType = fn.__func__  # type: ignore[attr-defined]
         shape = _shape(func)
         if not shape.accepts(len(args) + 1, kwargs):
-            _reject_binding(fn, args, kwargs)  # type: ignore[arg-type]
+            _reject(fn, args, kwargs)  # type: ignore[arg-type]
         return _flags_say_async(shape.flags, fn)
     if inspect.iscoroutine(fn):
         fn.close()
@@ -143,7 +154,7 @@ def check_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> boo
         )
     if not callable(fn):
         raise TypeError(f"schedule() needs a callable, got {fn!r} of type {kind.__qualname__}")
-    _reject_binding(fn, args, kwargs)
+    _check_binding(fn, args, kwargs)
     target: object = fn
     while isinstance(target, functools.partial):
         target = target.func

@@ -38,7 +38,7 @@ class TaskOptions(TypedDict, total=False):
     retries: int | None
     retry_delay: float | None
     retry_backoff: float | None
-    retry_on: tuple[type[BaseException], ...] | None
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None
     limiter: anyio.CapacityLimiter | None
     run_on_failure: bool | None
 
@@ -82,7 +82,7 @@ class TaskConfig:
     retries: int | None = _UNSET
     retry_delay: float | None = _UNSET
     retry_backoff: float | None = _UNSET
-    retry_on: tuple[type[BaseException], ...] | None = _UNSET
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = _UNSET
     limiter: anyio.CapacityLimiter | None = _UNSET
     run_on_failure: bool | None = _UNSET
     _given: frozenset[str] = dataclasses.field(

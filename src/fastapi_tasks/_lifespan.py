@@ -42,11 +42,19 @@ def add_tasks(
             pool Starlette uses for sync endpoints.
         shutdown_timeout: Seconds running work gets to finish at shutdown before
             unshielded work is cancelled.
-        broker: Reserved for distributed mode (a taskiq broker).
+        broker: Reserved for distributed mode (taskiq workers over Redis), which
+            is not built yet: passing one raises ``NotImplementedError`` rather
+            than silently running the work in process.
 
     Raises:
         FastAPITasksAlreadyInstalledError: ``add_tasks`` already ran on this app.
+        NotImplementedError: A ``broker`` was given.
     """
+    if broker is not None:
+        raise NotImplementedError(
+            "distributed mode (add_tasks(app, broker=...)) is not available in this release; "
+            "work runs in the web process"
+        )
     if app in _managers:
         raise FastAPITasksAlreadyInstalledError("add_tasks() was already called on this app")
     manager = TaskManager(
@@ -54,7 +62,6 @@ def add_tasks(
         max_concurrency=max_concurrency,
         max_threads=max_threads,
         shutdown_timeout=shutdown_timeout,
-        broker=broker,
     )
     app_lifespan = app.router.lifespan_context
 

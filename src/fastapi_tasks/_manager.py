@@ -50,6 +50,11 @@ def _check_int(name: str, value: object) -> None:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
+def _boxed(func: Callable[[], Any]) -> tuple[Any]:
+    # trio refuses a thread function whose result is awaitable; a tuple hides it.
+    return (func(),)
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskStats:
     """A snapshot of a manager's counters.
@@ -158,7 +163,6 @@ class TaskManager(Scheduler):
         "_shutdown_timeout",
         "_thread_limiter",
         "_waiting",
-        "broker",
         "cancelled_exc",
         "shield_warning_interval",
     )
@@ -170,7 +174,6 @@ class TaskManager(Scheduler):
         max_concurrency: int | None = None,
         max_threads: int = 40,
         shutdown_timeout: float = 0.0,
-        broker: object | None = None,
     ) -> None:
         _check_type("config", config, TaskConfig)
         if max_concurrency is not None:
@@ -181,7 +184,6 @@ class TaskManager(Scheduler):
         self._max_concurrency = max_concurrency
         self._max_threads = max_threads
         self._shutdown_timeout = float(shutdown_timeout)
-        self.broker = broker
         self._runner: Runner | None = None
         self._phase: _Phase = "new"
         self._live: dict[Task[Any], None] = {}
@@ -321,7 +323,7 @@ class TaskManager(Scheduler):
             self.release(task)
 
     def release_all(self, tasks: Iterable[Task[Any]], failed: bool, reason: str) -> None:
-        """Release a batch; if ``failed``, only ``run_on_failure`` work runs; the rest is dropped."""
+        """Release a batch; if ``failed`` only ``run_on_failure`` work runs, the rest is dropped."""
         for task in tasks:
             if failed and not task.config.run_on_failure:
                 if task.state is TaskState.PENDING:
@@ -367,9 +369,10 @@ class TaskManager(Scheduler):
         return self._runner.new_event()
 
     async def run_sync(self, func: Callable[[], Any]) -> Any:
-        return await anyio.to_thread.run_sync(
-            func, limiter=self._thread_limiter, abandon_on_cancel=True
+        (result,) = await anyio.to_thread.run_sync(
+            _boxed, func, limiter=self._thread_limiter, abandon_on_cancel=True
         )
+        return result
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)

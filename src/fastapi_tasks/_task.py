@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextvars
 import enum
 import functools
+import inspect
 import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Generic, Literal, Protocol, TypeVar, cast
+from collections.abc import Callable
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import anyio
 
@@ -223,11 +224,10 @@ class Task(Generic[R]):
                 extra=self._log_extra(),
             )
             raise
-        if isinstance(result, Awaitable):
-            awaitable = cast("Awaitable[Any]", result)
+        if inspect.isawaitable(result):
             # A plain function that returned an awaitable (e.g. a sync wrapper
             # around a coroutine function): finish the work on the event loop.
-            return await awaitable
+            return await result
         return result
 
     async def _call_once(self) -> Any:
@@ -330,7 +330,7 @@ class Task(Generic[R]):
                 await handler(self, exc)  # type: ignore[misc]
             else:
                 outcome = await self._host.run_sync(functools.partial(handler, self, exc))
-                if isinstance(outcome, Awaitable):
+                if inspect.isawaitable(outcome):
                     await outcome
         except Exception:
             logger.exception(
