@@ -27,9 +27,9 @@ import re
 import sys
 import textwrap
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -185,10 +185,20 @@ def _apps_with_tasks(namespace: dict[str, Any]) -> list[tuple[Starlette, TaskMan
 
 
 def _serve(
-    app: Starlette, manager: TaskManager, backend: str, drive: Callable[[TestClient], None]
+    app: Starlette,
+    manager: TaskManager,
+    backend: Literal["asyncio", "trio"],
+    namespace: dict[str, Any],
+    driver: str | None,
+    label: str,
 ) -> None:
-    with TestClient(app, backend=backend) as client:
-        drive(client)
+    """Run the app's lifespan, drive it, wait for every task, then shut it down."""
+    client = TestClient(app, backend=backend)
+    with client:  # pyright cannot type what TestClient.__enter__ returns
+        if driver is not None:
+            # The example's own module namespace, live: its globals change as tasks run.
+            namespace.update(client=client, manager=manager)
+            exec(compile(driver, f"{label} (run comment)", "exec"), namespace)
         manager.join_blocking(_JOIN_TIMEOUT)
         assert manager.tasks == []
     assert not manager.running
@@ -217,14 +227,9 @@ def test_example(example: Example, backend: str, pytester: pytest.Pytester) -> N
         assert "app" in namespace, f"{example.id}: a run comment needs an app named 'app'"
     for app, manager in _apps_with_tasks(namespace):
         driver = example.driver if app is namespace.get("app") else None
-
-        def drive(client: TestClient, driver: str | None = driver) -> None:
-            if driver is not None:
-                # The example's own module namespace, live: its globals change as tasks run.
-                namespace.update(client=client, manager=manager)
-                exec(compile(driver, f"{example.id} (run comment)", "exec"), namespace)
-
-        _serve(app, manager, backend, drive)
+        _serve(
+            app, manager, "trio" if backend == "trio" else "asyncio", namespace, driver, example.id
+        )
 
 
 # -- the collector itself -------------------------------------------------------------
