@@ -322,3 +322,12 @@ def test_api_reference_documents_exactly_the_public_names() -> None:
             assert parts[-1] not in fastapi_tasks.__all__, target
     assert documented == set(fastapi_tasks.__all__)
     assert set(fastapi_tasks.errors.__all__) <= set(fastapi_tasks.__all__)
+
+
+def test_readme_links_to_existing_pages() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#\s]+)", readme)
+    local = [target for target in targets if "://" not in target]
+    assert local, "the README links to the documentation"
+    for target in local:
+        assert (ROOT / target).exists(), target
