@@ -3,7 +3,7 @@
 ``schedule()`` runs on the request path, so the common case (a plain function or a
 bound method) is answered from a cache keyed by the code object, which is shared by
 every closure made from the same ``def`` and so cannot grow without bound. Anything
-unusual falls back to :mod:`inspect`, which also words every error message.
+unusual falls back to ``inspect``, which also words every error message.
 """
 
 from __future__ import annotations

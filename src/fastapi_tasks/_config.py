@@ -29,7 +29,7 @@ _UNSET: Any = _Unset()
 
 
 class TaskOptions(TypedDict, total=False):
-    """Keyword options accepted by ``task(...)``; see :class:`TaskConfig`."""
+    """Keyword options accepted by ``task(...)``; see [`TaskConfig`][fastapi_tasks.TaskConfig]."""
 
     name: str | None
     shield: bool | None

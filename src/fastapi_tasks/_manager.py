@@ -98,7 +98,7 @@ class Scheduler:
     @overload
     def schedule(self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Task[R]: ...
     def schedule(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Task[Any]:
-        """Schedule ``func(*args, **kwargs)`` and return its :class:`Task` handle.
+        """Schedule ``func(*args, **kwargs)`` and return its [`Task`][fastapi_tasks.Task] handle.
 
         Raises ``TypeError`` at once when ``func`` is not callable, is a coroutine
         object, or the arguments do not fit its signature.
@@ -246,7 +246,7 @@ class TaskManager(Scheduler):
                 await self._idle.wait()
 
     def join_blocking(self, timeout: float | None = None) -> None:
-        """Blocking twin of :meth:`join` for sync code, e.g. tests using ``TestClient``.
+        """Blocking twin of [`join()`][fastapi_tasks.TaskManager.join] for sync code, e.g. tests using ``TestClient``.
 
         It must be called from another thread than the event loop's.
         """
@@ -317,7 +317,7 @@ class TaskManager(Scheduler):
         self._admit(task)
 
     def release_threadsafe(self, task: Task[Any]) -> None:
-        """:meth:`release` from any thread."""
+        """``release()`` from any thread."""
         runner = self._runner
         if runner is not None and not runner.in_loop_thread():
             runner.call_soon_threadsafe(self.release, task)

@@ -93,7 +93,7 @@ class Task(Generic[R]):
         config: The merged options it runs with.
         id: Unique within the process, increasing in scheduling order.
         mode: ``"immediate"``, ``"after_route"`` or ``"after_response"``.
-        state: Where it is in its life cycle (:class:`TaskState`).
+        state: Where it is in its life cycle ([`TaskState`][fastapi_tasks.TaskState]).
         attempts: How many attempts have started so far.
     """
 
