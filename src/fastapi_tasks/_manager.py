@@ -246,9 +246,10 @@ class TaskManager(Scheduler):
                 await self._idle.wait()
 
     def join_blocking(self, timeout: float | None = None) -> None:
-        """Blocking twin of [`join()`][fastapi_tasks.TaskManager.join] for sync code, e.g. tests using ``TestClient``.
+        """Blocking twin of [`join()`][fastapi_tasks.TaskManager.join] for sync code.
 
-        It must be called from another thread than the event loop's.
+        For tests that use ``TestClient``: it must be called from another thread
+        than the event loop's.
         """
         runner = self._runner
         if runner is None or not self._live:
