@@ -51,15 +51,6 @@ def anyio_backend(server_kind: str) -> str:
     return "asyncio" if server_kind == "uvicorn" else "trio"
 
 
-HYPERCORN_TRIO_STREAMING_BUG = (
-    "library bug: under hypercorn's trio worker, after-response work of a StreamingResponse is "
-    "discarded although the whole body was sent. hypercorn puts http.disconnect on receive() "
-    "while the final http.response.body send is still in progress; Starlette's disconnect "
-    "listener then cancels that send, and RequestTasks._send_watched counts any exception from "
-    "the final send, cancellation included, as a broken response"
-)
-
-
 # -- serving ------------------------------------------------------------------------
 
 
@@ -283,15 +274,6 @@ async def test_all_three_modes_in_one_request(server_kind: str) -> None:
     assert manager.stats.discarded == 0
 
 
-@pytest.mark.xfail(
-    reason=(
-        "library bug: TaskManager.join() returns while after-route/after-response work of a "
-        "request in flight still waits for its moment (state pending): the manager only tracks "
-        "work once it is handed over. Over a real socket the client can hold the whole response "
-        "before the server's last send() returned, so 'get(); await join()' misses that work"
-    ),
-    strict=True,
-)
 async def test_join_waits_for_work_still_waiting_for_its_moment(server_kind: str) -> None:
     app, manager, probe, timeline = make_app()
     handles: list[Task[None]] = []
@@ -318,10 +300,8 @@ async def test_join_waits_for_work_still_waiting_for_its_moment(server_kind: str
 
 
 async def test_streamed_response_hands_over_after_the_last_chunk(
-    server_kind: str, request: pytest.FixtureRequest
+    server_kind: str,
 ) -> None:
-    if server_kind == "hypercorn-trio":
-        request.applymarker(pytest.mark.xfail(reason=HYPERCORN_TRIO_STREAMING_BUG, strict=True))
     # Starlette's StreamingResponse stops as soon as receive() reports the end of the
     # response, cancelling a final send still in progress: so no holding it here.
     # The body waits for the client to acknowledge each chunk instead.

@@ -197,6 +197,14 @@ class RequestTasks(Scheduler):
         ):
             try:
                 await self._send(message)
+            except self._manager.cancelled_exc:
+                # The app's own cancel scope stopped the send, not the transport: a
+                # server only reports the disconnect Starlette listens for once it is
+                # done writing (hypercorn does so inside this very send). A transport
+                # that failed to write raises an error instead (below).
+                self._stage = _COMPLETE
+                self._release_response(False, "")
+                raise
             except BaseException:
                 self._stage = _BROKEN
                 raise

@@ -152,6 +152,7 @@ class TaskManager(Scheduler):
         "_active",
         "_config",
         "_counts",
+        "_deferred",
         "_idle",
         "_live",
         "_max_concurrency",
@@ -186,7 +187,8 @@ class TaskManager(Scheduler):
         self._shutdown_timeout = float(shutdown_timeout)
         self._runner: Runner | None = None
         self._phase: _Phase = "new"
-        self._live: dict[Task[Any], None] = {}
+        self._live: dict[Task[Any], None] = {}  # handed over: pending or running
+        self._deferred: dict[Task[Any], None] = {}  # waiting for their request's moment
         self._waiting: deque[Task[Any]] = deque()
         self._active = 0
         self._scheduled = 0
@@ -240,10 +242,13 @@ class TaskManager(Scheduler):
         when ``timeout`` seconds pass first.
         """
         with anyio.fail_after(timeout):
-            while self._live:
-                if self._idle is None:
-                    self._idle = self.new_event()
-                await self._idle.wait()
+            await self._wait_idle(include_deferred=True)
+
+    async def _wait_idle(self, include_deferred: bool) -> None:
+        while self._live or (include_deferred and self._deferred):
+            if self._idle is None:
+                self._idle = self.new_event()
+            await self._idle.wait()
 
     def join_blocking(self, timeout: float | None = None) -> None:
         """Blocking twin of [`join()`][fastapi_tasks.TaskManager.join] for sync code.
@@ -252,7 +257,7 @@ class TaskManager(Scheduler):
         than the event loop's.
         """
         runner = self._runner
-        if runner is None or not self._live:
+        if runner is None or not (self._live or self._deferred):
             return
         if runner.in_loop_thread():
             raise RuntimeError("join_blocking() would block the event loop; use 'await join()'")
@@ -280,10 +285,18 @@ class TaskManager(Scheduler):
         config: TaskConfig,
         mode: TaskMode,
     ) -> Task[Any]:
-        """Create a pending task for later release; raises if the manager is not running."""
+        """Create a pending task for later release; raises if the manager is not running.
+
+        ``join()`` waits for it from now on, also while its moment has not come
+        yet (a response still being sent).
+        """
         if self._phase != "running":
             raise self._refusal()
-        return Task(self, func, args, kwargs, config, mode, is_async, contextvars.copy_context())
+        task: Task[Any] = Task(
+            self, func, args, kwargs, config, mode, is_async, contextvars.copy_context()
+        )
+        self._deferred[task] = None
+        return task
 
     def _accept(
         self,
@@ -335,6 +348,7 @@ class TaskManager(Scheduler):
                 self.release(task)
 
     def _admit(self, task: Task[Any]) -> None:
+        self._deferred.pop(task, None)
         self._live[task] = None
         self._scheduled += 1
         limit = self._max_concurrency
@@ -365,6 +379,7 @@ class TaskManager(Scheduler):
 
     def _forget(self, task: Task[Any]) -> None:
         self._live.pop(task, None)
+        self._deferred.pop(task, None)
         if task._done is not None:
             task._done.set()
         if not self._live and self._idle is not None:
@@ -432,13 +447,13 @@ class TaskManager(Scheduler):
         try:
             if self._live and self._shutdown_timeout > 0:
                 with anyio.move_on_after(self._shutdown_timeout):
-                    await self.join()
+                    await self._wait_idle(include_deferred=False)
             for task in list(self._live):
                 if not task.config.shielded:
                     task.cancel()
             while self._live:
                 with anyio.move_on_after(self.shield_warning_interval):
-                    await self.join()
+                    await self._wait_idle(include_deferred=False)
                 if self._live:
                     logger.warning(
                         "shutdown is waiting for %d shielded task(s): %s",
