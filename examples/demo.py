@@ -44,8 +44,8 @@ class ResponseMarker:
             await send(message)
             if message["type"] == "http.response.start":
                 # Function names only: a task's qualified name carries "create_app.<locals>."
-                handed_over = ", ".join(task.name.rsplit(".", 1)[-1] for task in self.manager.tasks)
-                self.timeline.mark(f"server sent the response headers (handed over: {handed_over})")
+                live = ", ".join(task.name.rsplit(".", 1)[-1] for task in self.manager.tasks)
+                self.timeline.mark(f"server sent the response headers (live tasks: {live})")
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 self.timeline.mark("server sent the response's last byte")
 

@@ -27,7 +27,7 @@ def test_timeline_keeps_the_promises_of_each_mode() -> None:
     headers = next(
         label for label in labels if label.startswith("server sent the response headers")
     )
-    handed_over_before_headers = headers.partition("handed over: ")[2].rstrip(")").split(", ")
+    handed_over_before_headers = headers.partition("live tasks: ")[2].rstrip(")").split(", ")
 
     def at(label: str) -> int:
         return labels.index(label)

@@ -11,6 +11,7 @@ too early.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import threading
@@ -223,10 +224,6 @@ def make_app(*, hold_final_message: bool = True) -> tuple[FastAPI, TaskManager, 
     return app, manager, probe, timeline
 
 
-def states(handles: dict[str, Task[None]]) -> dict[str, TaskState]:
-    return {name: task.state for name, task in handles.items()}
-
-
 # -- the tests ----------------------------------------------------------------------
 
 
@@ -307,6 +304,7 @@ async def test_streamed_response_hands_over_after_the_last_chunk(
     # The body waits for the client to acknowledge each chunk instead.
     app, manager, probe, timeline = make_app(hold_final_message=False)
     chunks = (b"one ", b"two ", b"three")
+    ends = list(itertools.accumulate(len(chunk) for chunk in chunks))
     acknowledged = [anyio.Event() for _ in chunks]
 
     async def body() -> AsyncIterator[bytes]:
@@ -329,20 +327,17 @@ async def test_streamed_response_hands_over_after_the_last_chunk(
         async with client.stream("GET", "/report") as response:
             async for data in response.aiter_raw():
                 received += data
-                for index in range(len(chunks)):
-                    if len(received) >= len(b"".join(chunks[: index + 1])):
-                        acknowledged[index].set()
+                for end, ack in zip(ends, acknowledged, strict=True):
+                    if len(received) >= end:
+                        ack.set()
         await probe.client_finished()
 
     assert received == b"one two three"
-    assert timeline == [
-        "response started, 0 handed over",
-        "chunk sent",
-        "chunk sent",
-        "chunk sent",
-        "response complete, 0 handed over",
-        "after-response started; client had all the content: True",
-    ]
+    assert timeline[:4] == ["response started, 0 handed over", *["chunk sent"] * 3]
+    # Where the server's final send returns normally, the probe saw nothing handed over
+    # by then (under hypercorn-trio it may end cancelled, see the xfail reason).
+    assert "response complete, 1 handed over" not in timeline
+    assert timeline[-1] == "after-response started; client had all the content: True"
     assert manager.stats.succeeded == 1
 
 
@@ -391,7 +386,7 @@ async def test_client_gone_mid_stream(server_kind: str) -> None:
         await manager.join(WAIT)
 
     assert received.startswith(b"HTTP/1.1 200")
-    assert states(handles) == {
+    assert {name: task.state for name, task in handles.items()} == {
         "immediate": TaskState.SUCCEEDED,
         "after_route": TaskState.SUCCEEDED,
         "after_response": TaskState.DISCARDED,
