@@ -11,7 +11,9 @@ from starlette.applications import Starlette
 
 from ._asgi import TasksMiddleware
 from ._config import TaskConfig
+from ._fastapi_compat import telemetry_config
 from ._manager import TaskManager, current_manager
+from ._otel import tracer_from_telemetry
 from .errors import FastAPITasksAlreadyInstalledError, FastAPITasksUninitializedAppError
 
 __all__ = ["add_tasks", "get_task_manager"]
@@ -67,7 +69,8 @@ def add_tasks(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncGenerator[Any, None]:
-        async with manager.lifespan(), app_lifespan(app) as state:
+        tracer = tracer_from_telemetry(telemetry_config(app))
+        async with manager.lifespan(tracer), app_lifespan(app) as state:
             try:
                 yield state
             finally:

@@ -166,6 +166,7 @@ class TaskManager(Scheduler):
         "_waiting",
         "cancelled_exc",
         "shield_warning_interval",
+        "tracer",
     )
 
     def __init__(
@@ -197,6 +198,7 @@ class TaskManager(Scheduler):
         self._idle: Event | None = None
         self._thread_limiter: anyio.CapacityLimiter | None = None
         self.cancelled_exc: type[BaseException] = BaseException
+        self.tracer: Any = None
         self.shield_warning_interval = 5.0
 
     def __repr__(self) -> str:
@@ -422,13 +424,17 @@ class TaskManager(Scheduler):
     # -- lifespan ---------------------------------------------------------------
 
     @asynccontextmanager
-    async def lifespan(self) -> AsyncGenerator[None, None]:
-        """Run the manager for the duration of the block (the app's lifespan)."""
+    async def lifespan(self, tracer: Any = None) -> AsyncGenerator[None, None]:
+        """Run the manager for the duration of the block (the app's lifespan).
+
+        ``tracer``, an OpenTelemetry tracer, gives each task a span of its own.
+        """
         if self._phase in ("running", "closing"):
             raise FastAPITasksError("this task manager is already running")
         async with open_runner() as runner:
             self._runner = runner
             self.cancelled_exc = runner.cancelled_exc
+            self.tracer = tracer
             self._thread_limiter = anyio.CapacityLimiter(self._max_threads)
             self._phase = "running"
             token = current_manager.set(self)

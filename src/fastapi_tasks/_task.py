@@ -66,6 +66,7 @@ class Host(Protocol):
     """What a task needs from the manager that runs it."""
 
     cancelled_exc: type[BaseException]
+    tracer: Any
 
     def new_event(self) -> Event: ...
     async def run_sync(self, func: Callable[[], Any]) -> Any: ...
@@ -283,6 +284,16 @@ class Task(Generic[R]):
         """Run the work to its final state; called once, by the runner."""
         if self.state is not PENDING:  # cancelled before it began
             return
+        tracer = self._host.tracer
+        if tracer is None:
+            await self._run_to_the_end()
+            return
+        from ._otel import task_span
+
+        with task_span(tracer, self):
+            await self._run_to_the_end()
+
+    async def _run_to_the_end(self) -> None:
         self.state = RUNNING
         self.attempts = 1
         self._started_at = time.perf_counter()
