@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextvars
 import logging
 
-import anyio
 import pytest
 from fastapi import FastAPI, WebSocket
 from fastapi.testclient import TestClient
@@ -103,18 +102,32 @@ async def test_task_log_records_carry_the_request_context(
     async def fail() -> None:
         raise ValueError("x")
 
-    @app.get("/")
-    async def endpoint(tasks: Tasks) -> str:
-        request_id.set("req-42")
-        tasks.after_response.schedule(fail)
+    def fail_sync() -> None:
+        raise ValueError("x")
+
+    @app.get("/{rid}")
+    async def endpoint(rid: str, tasks: Tasks) -> str:
+        request_id.set(rid)
+        tasks.task(name="now").schedule(fail)
+        tasks.after_route.task(name="route").schedule(fail)
+        tasks.after_response.task(name="response").schedule(fail)
+        tasks.after_response.task(name="sync").schedule(fail_sync)
         return "ok"
 
     log_filter = AddRequestId()
     task_logs.handler.addFilter(log_filter)
-    async with serving(app) as client:
-        await client.get("/")
-        await manager.join(5)
-    task_logs.handler.removeFilter(log_filter)
-    failure = next(r for r in task_logs.records if r.levelno == logging.ERROR)
-    assert failure.__dict__["request_id"] == "req-42"
-    assert anyio
+    try:
+        async with serving(app) as client:
+            await client.get("/req-1")
+            await client.get("/req-2")
+            await manager.join(5)
+    finally:
+        task_logs.handler.removeFilter(log_filter)
+    seen = sorted(
+        (r.__dict__["task_name"], r.__dict__["request_id"])
+        for r in task_logs.records
+        if r.levelno == logging.ERROR
+    )
+    assert seen == sorted(
+        (name, rid) for name in ("now", "route", "response", "sync") for rid in ("req-1", "req-2")
+    )
