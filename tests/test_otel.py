@@ -116,7 +116,7 @@ async def test_telemetry_switches_turn_task_spans_off(tracing: bool, operation_s
     app, exporter = traced_app(tracing=tracing, operation_spans=operation_spans)
     manager = add_tasks(app)
     async with serving(app):
-        assert manager.tracer is None
+        assert manager._tracer is None
         manager.schedule(work, "x")
         await manager.join(5)
     assert all(span.name != "work" for span in exporter.get_finished_spans())
@@ -126,7 +126,7 @@ async def test_without_a_configured_provider_no_span_work_happens() -> None:
     app = FastAPI()  # the global provider is the API's stand-in: nothing is configured
     manager = add_tasks(app)
     async with serving(app):
-        assert manager.tracer is None
+        assert manager._tracer is None
 
 
 async def test_after_response_work_of_an_untraced_request_has_no_link() -> None:

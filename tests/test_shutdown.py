@@ -105,7 +105,7 @@ async def test_grace_period_then_cancel(anyio_backend: str) -> None:
 async def test_shielded_work_holds_shutdown_and_is_reported(
     app: FastAPI, manager: TaskManager, task_logs: pytest.LogCaptureFixture
 ) -> None:
-    manager.shield_warning_interval = 0.01
+    manager._shield_warning_interval = 0.01
     warned = anyio.Event()
 
     class Watch(logging.Handler):

@@ -150,6 +150,7 @@ class TaskManager(Scheduler):
     __slots__ = (
         "__weakref__",
         "_active",
+        "_cancelled_exc",
         "_config",
         "_counts",
         "_deferred",
@@ -161,12 +162,11 @@ class TaskManager(Scheduler):
         "_retries",
         "_runner",
         "_scheduled",
+        "_shield_warning_interval",
         "_shutdown_timeout",
         "_thread_limiter",
+        "_tracer",
         "_waiting",
-        "cancelled_exc",
-        "shield_warning_interval",
-        "tracer",
     )
 
     def __init__(
@@ -197,9 +197,9 @@ class TaskManager(Scheduler):
         self._counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self._idle: Event | None = None
         self._thread_limiter: anyio.CapacityLimiter | None = None
-        self.cancelled_exc: type[BaseException] = BaseException
-        self.tracer: Any = None
-        self.shield_warning_interval = 5.0
+        self._cancelled_exc: type[BaseException] = BaseException
+        self._tracer: Any = None
+        self._shield_warning_interval = 5.0
 
     def __repr__(self) -> str:
         return f"<TaskManager {self._phase} live={len(self._live)}>"
@@ -249,7 +249,7 @@ class TaskManager(Scheduler):
     async def _wait_idle(self, include_deferred: bool) -> None:
         while self._live or (include_deferred and self._deferred):
             if self._idle is None:
-                self._idle = self.new_event()
+                self._idle = self._new_event()
             await self._idle.wait()
 
     def join_blocking(self, timeout: float | None = None) -> None:
@@ -278,7 +278,7 @@ class TaskManager(Scheduler):
             )
         return FastAPITasksClosedError("cannot schedule work: the app is shutting down")
 
-    def new_task(
+    def _new_task(
         self,
         func: Callable[..., Any],
         args: tuple[Any, ...],
@@ -320,34 +320,34 @@ class TaskManager(Scheduler):
             )
             # Live from now on, so a join() racing with the hand-over still waits for it.
             self._live[task] = None
-            runner.call_soon_threadsafe(self.release, task)
+            runner.call_soon_threadsafe(self._release, task)
         return task
 
-    def release(self, task: Task[Any]) -> None:
+    def _release(self, task: Task[Any]) -> None:
         """Hand a task that was accepted earlier to the runner (event loop thread only)."""
         if task.state is not TaskState.PENDING:
             return  # cancelled while it waited for its moment
         if self._phase != "running":
-            self.discard(task, "the app was shutting down")
+            self._discard(task, "the app was shutting down")
             return
         self._admit(task)
 
-    def release_threadsafe(self, task: Task[Any]) -> None:
+    def _release_threadsafe(self, task: Task[Any]) -> None:
         """``release()`` from any thread."""
         runner = self._runner
         if runner is not None and not runner.in_loop_thread():
-            runner.call_soon_threadsafe(self.release, task)
+            runner.call_soon_threadsafe(self._release, task)
         else:
-            self.release(task)
+            self._release(task)
 
-    def release_all(self, tasks: Iterable[Task[Any]], failed: bool, reason: str) -> None:
+    def _release_all(self, tasks: Iterable[Task[Any]], failed: bool, reason: str) -> None:
         """Release a batch; if ``failed`` only ``run_on_failure`` work runs, the rest is dropped."""
         for task in tasks:
             if failed and not task.config.run_on_failure:
                 if task.state is TaskState.PENDING:
-                    self.discard(task, reason)
+                    self._discard(task, reason)
             else:
-                self.release(task)
+                self._release(task)
 
     def _admit(self, task: Task[Any]) -> None:
         self._deferred.pop(task, None)
@@ -364,7 +364,7 @@ class TaskManager(Scheduler):
         self._active += 1
         self._runner.start(task)  # type: ignore[union-attr]
 
-    def discard(self, task: Task[Any], reason: str) -> None:
+    def _discard(self, task: Task[Any], reason: str) -> None:
         """End a task that never started (its request failed): counted and logged."""
         task.state = DISCARDED
         self._counts[DISCARDED] += 1
@@ -390,24 +390,24 @@ class TaskManager(Scheduler):
 
     # -- what tasks need from their host ---------------------------------------
 
-    def new_event(self) -> Event:
+    def _new_event(self) -> Event:
         if self._runner is None:
             return anyio.Event()
-        return self._runner.new_event()
+        return self._runner._new_event()
 
-    async def run_sync(self, func: Callable[[], Any]) -> Any:
+    async def _run_sync(self, func: Callable[[], Any]) -> Any:
         (result,) = await anyio.to_thread.run_sync(
             _boxed, func, limiter=self._thread_limiter, abandon_on_cancel=True
         )
         return result
 
-    async def sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
 
-    def count_retry(self) -> None:
+    def _count_retry(self) -> None:
         self._retries += 1
 
-    def finish(self, task: Task[Any], state: TaskState) -> None:
+    def _finish(self, task: Task[Any], state: TaskState) -> None:
         task.state = state
         self._counts[state] += 1
         self._forget(task)
@@ -433,8 +433,8 @@ class TaskManager(Scheduler):
             raise FastAPITasksError("this task manager is already running")
         async with open_runner() as runner:
             self._runner = runner
-            self.cancelled_exc = runner.cancelled_exc
-            self.tracer = tracer
+            self._cancelled_exc = runner.cancelled_exc
+            self._tracer = tracer
             self._thread_limiter = anyio.CapacityLimiter(self._max_threads)
             self._phase = "running"
             token = current_manager.set(self)
@@ -458,7 +458,7 @@ class TaskManager(Scheduler):
                 if not task.config.shielded:
                     task.cancel()
             while self._live:
-                with anyio.move_on_after(self.shield_warning_interval):
+                with anyio.move_on_after(self._shield_warning_interval):
                     await self._wait_idle(include_deferred=False)
                 if self._live:
                     logger.warning(

@@ -28,7 +28,7 @@ class Runner(Protocol):
     def in_loop_thread(self) -> bool: ...
     def call_soon_threadsafe(self, func: Callable[[Task[Any]], None], task: Task[Any]) -> None: ...
     def start(self, task: Task[Any]) -> None: ...
-    def new_event(self) -> Event: ...
+    def _new_event(self) -> Event: ...
     def run_blocking(self, func: Callable[[], Coroutine[Any, Any, T]]) -> T: ...
 
 
@@ -54,7 +54,7 @@ class AsyncioRunner:
         else:
             task._handle = context.run(self._loop.create_task, task._run())
 
-    def new_event(self) -> Event:
+    def _new_event(self) -> Event:
         return asyncio.Event()
 
     def run_blocking(self, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -111,7 +111,7 @@ class AnyioRunner:
                     follower.set()
             await task._run()
 
-    def new_event(self) -> Event:
+    def _new_event(self) -> Event:
         return self._event()
 
     def run_blocking(self, func: Callable[[], Coroutine[Any, Any, T]]) -> T:

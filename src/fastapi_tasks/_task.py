@@ -65,14 +65,14 @@ class _Cancellable(Protocol):
 class Host(Protocol):
     """What a task needs from the manager that runs it."""
 
-    cancelled_exc: type[BaseException]
-    tracer: Any
+    _cancelled_exc: type[BaseException]
+    _tracer: Any
 
-    def new_event(self) -> Event: ...
-    async def run_sync(self, func: Callable[[], Any]) -> Any: ...
-    async def sleep(self, seconds: float) -> None: ...
-    def count_retry(self) -> None: ...
-    def finish(self, task: Task[Any], state: TaskState) -> None: ...
+    def _new_event(self) -> Event: ...
+    async def _run_sync(self, func: Callable[[], Any]) -> Any: ...
+    async def _sleep(self, seconds: float) -> None: ...
+    def _count_retry(self) -> None: ...
+    def _finish(self, task: Task[Any], state: TaskState) -> None: ...
 
 
 _ids = itertools.count(1)
@@ -168,7 +168,7 @@ class Task(Generic[R]):
         """An event that is set once the work started running (``await task.started.wait()``)."""
         event = self._started
         if event is None:
-            event = self._started = self._host.new_event()
+            event = self._started = self._host._new_event()
             if self.state is not PENDING and self.attempts:
                 event.set()
         return event
@@ -188,7 +188,7 @@ class Task(Generic[R]):
         if self.done:
             return
         if self._done is None:
-            self._done = self._host.new_event()
+            self._done = self._host._new_event()
         await self._done.wait()
 
     def cancel(self) -> bool:
@@ -201,7 +201,7 @@ class Task(Generic[R]):
         if self.done:
             return False
         if self.state is PENDING:
-            self._host.finish(self, CANCELLED)
+            self._host._finish(self, CANCELLED)
         if self._handle is not None:
             self._handle.cancel()
         return True
@@ -215,8 +215,8 @@ class Task(Generic[R]):
     async def _call_sync(self) -> Any:
         call = functools.partial(self.func, *self.args, **self.kwargs)
         try:
-            result = await self._host.run_sync(call)
-        except self._host.cancelled_exc:
+            result = await self._host._run_sync(call)
+        except self._host._cancelled_exc:
             logger.warning(
                 "sync task %s (id %s) is still running in its thread and was abandoned; "
                 "its result will be dropped",
@@ -261,7 +261,7 @@ class Task(Generic[R]):
                 ):
                     raise
                 wait = self.retry_wait()
-                self._host.count_retry()
+                self._host._count_retry()
                 logger.warning(
                     "task %s (id %s) attempt %d failed with %r; retrying in %.3fs",
                     self.name,
@@ -271,7 +271,7 @@ class Task(Generic[R]):
                     wait,
                     extra=self._log_extra(),
                 )
-                await self._host.sleep(wait)
+                await self._host._sleep(wait)
                 self.attempts += 1
 
     def retry_wait(self) -> float:
@@ -284,7 +284,7 @@ class Task(Generic[R]):
         """Run the work to its final state; called once, by the runner."""
         if self.state is not PENDING:  # cancelled before it began
             return
-        tracer = self._host.tracer
+        tracer = self._host._tracer
         if tracer is None:
             await self._run_to_the_end()
             return
@@ -312,7 +312,7 @@ class Task(Generic[R]):
             self.state = FAILED
             await self._report_failure(exc)
         finally:
-            self._host.finish(self, state)
+            self._host._finish(self, state)
 
     def _log_extra(self) -> dict[str, object]:
         return {
@@ -340,7 +340,7 @@ class Task(Generic[R]):
             if is_async_callable(handler):
                 await handler(self, exc)  # type: ignore[misc]
             else:
-                outcome = await self._host.run_sync(functools.partial(handler, self, exc))
+                outcome = await self._host._run_sync(functools.partial(handler, self, exc))
                 if inspect.isawaitable(outcome):
                     await outcome
         except Exception:
