@@ -110,7 +110,7 @@ def test_backoff_grows_by_the_factor_with_jitter() -> None:
     task: Task[None] = Task(Host(), print, (), {}, config, "immediate", False, None)  # type: ignore[arg-type]
     for attempt, base in ((1, 1.0), (2, 2.0), (3, 4.0)):
         task.attempts = attempt
-        waits = {task.retry_wait() for _ in range(20)}
+        waits = {task._retry_wait() for _ in range(20)}
         assert all(0.8 * base <= w <= 1.2 * base for w in waits)
         assert len(waits) > 1  # jittered
 

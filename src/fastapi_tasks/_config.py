@@ -130,11 +130,6 @@ class TaskConfig:
         values.update({name: getattr(other, name) for name in other._given})
         return TaskConfig(**values)
 
-    @property
-    def is_plain(self) -> bool:
-        """True when no timeout, retry or limiter changes how the work runs."""
-        return self._plain
-
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(TaskConfig) if f.init)
 

@@ -86,6 +86,10 @@ def add_tasks(
 def get_task_manager(app: Starlette | None = None) -> TaskManager:
     """Return the task manager of ``app``, or of the app serving the current request or task.
 
+    Args:
+        app: The app whose manager to return. Without it, the manager of the app
+            that serves the current request, task or lifespan is returned.
+
     Raises:
         FastAPITasksUninitializedAppError: ``app`` has no manager, or no app is
             in context and none was given.

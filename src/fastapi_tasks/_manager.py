@@ -59,8 +59,16 @@ def _boxed(func: Callable[[], Any]) -> tuple[Any]:
 class TaskStats:
     """A snapshot of a manager's counters.
 
-    ``pending`` and ``running`` are the live tasks right now; the other fields
-    count tasks that ended in that state since the manager was created.
+    Attributes:
+        scheduled: Tasks handed to the manager since it was created.
+        pending: Live tasks that have not started (waiting for a slot included).
+        running: Live tasks whose first attempt has begun.
+        succeeded: Tasks that returned.
+        failed: Tasks whose last attempt raised.
+        cancelled: Tasks cancelled by ``cancel()`` or at shutdown.
+        discarded: After-route or after-response work that never started because
+            its request failed or its response could not be completed.
+        retries: Retries made, over all tasks.
     """
 
     scheduled: int
@@ -100,14 +108,37 @@ class Scheduler:
     def schedule(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Task[Any]:
         """Schedule ``func(*args, **kwargs)`` and return its [`Task`][fastapi_tasks.Task] handle.
 
-        Raises ``TypeError`` at once when ``func`` is not callable, is a coroutine
-        object, or the arguments do not fit its signature.
+        Args:
+            func: A coroutine function (runs on the event loop) or a plain function
+                (runs in one of the manager's worker threads).
+            *args: Positional arguments for ``func``.
+            **kwargs: Keyword arguments for ``func``.
+
+        Returns:
+            The handle of the scheduled work.
+
+        Raises:
+            TypeError: ``func`` is not callable, is a coroutine object, or the
+                arguments do not fit its signature. Nothing is scheduled.
+            FastAPITasksNotStartedError: The app's lifespan has not started.
+            FastAPITasksClosedError: The app's shutdown has begun.
         """
         is_async = check_call(func, args, kwargs)
         return self._accept(func, args, kwargs, is_async, self._default_config())
 
     def task(self, **options: Unpack[TaskOptions]) -> ConfiguredScheduler:
-        """Return a scheduler whose work runs with ``options`` merged over the defaults."""
+        """Return a scheduler whose work runs with ``options`` merged over the defaults.
+
+        Args:
+            **options: Any field of [`TaskConfig`][fastapi_tasks.TaskConfig]; a field
+                given as ``None`` switches an inherited value off.
+
+        Returns:
+            A scheduler with the same ``schedule()`` and ``task()``.
+
+        Raises:
+            ValueError: An option value is invalid.
+        """
         return ConfiguredScheduler(self, self._default_config().merge(TaskConfig(**options)))
 
 
@@ -240,8 +271,14 @@ class TaskManager(Scheduler):
     async def join(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - SPEC API
         """Wait until no work is pending or running, error handlers included.
 
-        Work scheduled while waiting is waited for too. Raises ``TimeoutError``
-        when ``timeout`` seconds pass first.
+        Work scheduled while waiting is waited for too, and so is after-route and
+        after-response work of requests still in flight.
+
+        Args:
+            timeout: Seconds to wait at most; ``None`` waits as long as it takes.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
         """
         with anyio.fail_after(timeout):
             await self._wait_idle(include_deferred=True)
@@ -256,7 +293,15 @@ class TaskManager(Scheduler):
         """Blocking twin of [`join()`][fastapi_tasks.TaskManager.join] for sync code.
 
         For tests that use ``TestClient``: it must be called from another thread
-        than the event loop's.
+        than the event loop's. Returns at once when the manager is not running.
+
+        Args:
+            timeout: Seconds to wait at most; ``None`` waits as long as it takes.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+            RuntimeError: Called on the event loop's own thread, where it would
+                block the loop it waits for.
         """
         runner = self._runner
         if runner is None or not (self._live or self._deferred):

@@ -165,7 +165,11 @@ class Task(Generic[R]):
 
     @property
     def started(self) -> Event:
-        """An event that is set once the work started running (``await task.started.wait()``)."""
+        """An event set when the first attempt begins (``await task.started.wait()``).
+
+        The attempt may then still wait for its ``limiter`` or a worker thread
+        before the function itself is called.
+        """
         event = self._started
         if event is None:
             event = self._started = self._host._new_event()
@@ -260,7 +264,7 @@ class Task(Generic[R]):
                     config.retry_on is not None and not isinstance(exc, config.retry_on)
                 ):
                     raise
-                wait = self.retry_wait()
+                wait = self._retry_wait()
                 self._host._count_retry()
                 logger.warning(
                     "task %s (id %s) attempt %d failed with %r; retrying in %.3fs",
@@ -274,7 +278,7 @@ class Task(Generic[R]):
                 await self._host._sleep(wait)
                 self.attempts += 1
 
-    def retry_wait(self) -> float:
+    def _retry_wait(self) -> float:
         """Seconds to wait before the next retry: delay x backoff^(n-1), with +/-20% jitter."""
         config = self.config
         base = (config.retry_delay or 0.0) * (config.retry_backoff or 1.0) ** (self.attempts - 1)
