@@ -204,6 +204,8 @@ async def test_waiters_wake_when_work_is_discarded(
     @app.get("/")
     async def endpoint(tasks: Tasks) -> str:
         handle = tasks.after_response.schedule(anyio.sleep, 0)
+        assert manager.stats.pending == 1  # waiting for its moment counts as pending
+        assert manager.tasks == []  # ... but it is not handed over yet
         tasks.schedule(watch, handle)
         tasks.schedule(watch, handle)  # two waiters share one event
         await anyio.wait_all_tasks_blocked()

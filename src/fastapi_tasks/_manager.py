@@ -61,7 +61,8 @@ class TaskStats:
 
     Attributes:
         scheduled: Tasks handed to the manager since it was created.
-        pending: Live tasks that have not started (waiting for a slot included).
+        pending: Tasks that have not started: waiting for their request's moment,
+            for a free slot (``max_concurrency``), or for the event loop.
         running: Live tasks whose first attempt has begun.
         succeeded: Tasks that returned.
         failed: Tasks whose last attempt raised.
@@ -259,7 +260,7 @@ class TaskManager(Scheduler):
         counts = self._counts
         return TaskStats(
             scheduled=self._scheduled,
-            pending=len(self._live) - running,
+            pending=len(self._live) - running + len(self._deferred),
             running=running,
             succeeded=counts[SUCCEEDED],
             failed=counts[TaskState.FAILED],
