@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import threading
 from collections.abc import AsyncGenerator
@@ -298,3 +299,48 @@ def test_join_blocking_sees_work_scheduled_from_the_same_thread(recorder: Record
             manager.schedule(recorder.record, n)
             manager.join_blocking(5)
             assert recorder.events == list(range(n + 1))
+
+
+async def test_queued_work_keeps_the_context_it_was_scheduled_in() -> None:
+    app = FastAPI()
+    manager = add_tasks(app, max_concurrency=1)
+    seen: dict[str, str] = {}
+
+    async def read(label: str) -> None:
+        seen[label] = request_label.get()
+
+    @app.get("/{label}")
+    async def endpoint(label: str, tasks: Tasks) -> str:
+        request_label.set(label)
+        tasks.schedule(read, label)
+        return label
+
+    async with serving(app) as client:
+        for label in ("a", "b", "c"):
+            await client.get(f"/{label}")
+        await manager.join(5)
+    assert seen == {"a": "a", "b": "b", "c": "c"}
+
+
+async def test_a_running_error_handler_is_cancelled_at_shutdown(
+    app: FastAPI, manager: TaskManager
+) -> None:
+    handler_started = anyio.Event()
+
+    async def slow_handler(task: Task[object], exc: BaseException) -> None:
+        assert task.state is TaskState.RUNNING  # FAILED only once the handler returned
+        handler_started.set()
+        await anyio.sleep_forever()
+
+    async def broken() -> None:
+        raise ValueError("x")
+
+    async with serving(app):
+        task = manager.task(on_error=slow_handler).schedule(broken)
+        await handler_started.wait()
+        assert not task.done
+    assert task.state is TaskState.FAILED
+    assert manager.tasks == []
+
+
+request_label: contextvars.ContextVar[str] = contextvars.ContextVar("request_label")

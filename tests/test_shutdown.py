@@ -110,7 +110,7 @@ async def test_shielded_work_holds_shutdown_and_is_reported(
 
     class Watch(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            if "waiting for 1 shielded task" in record.getMessage():
+            if "waiting for 1 task(s) that must finish first" in record.getMessage():
                 warned.set()
 
     async def held() -> None:

@@ -256,7 +256,7 @@ class TaskManager(Scheduler):
     @property
     def stats(self) -> TaskStats:
         """Counters by state, retries and discarded work."""
-        running = sum(1 for task in self._live if task.attempts)
+        running = sum(1 for task in list(self._live) if task.attempts)
         counts = self._counts
         return TaskStats(
             scheduled=self._scheduled,
@@ -401,6 +401,10 @@ class TaskManager(Scheduler):
         self._scheduled += 1
         limit = self._max_concurrency
         if limit is not None and self._active >= limit:
+            if task._context is None:
+                # It starts later, from whichever task frees a slot: keep the
+                # scheduler's contextvars (and tracing parent) with it.
+                task._context = contextvars.copy_context()
             self._waiting.append(task)
             return
         self._start(task)
@@ -508,7 +512,7 @@ class TaskManager(Scheduler):
                     await self._wait_idle(include_deferred=False)
                 if self._live:
                     logger.warning(
-                        "shutdown is waiting for %d shielded task(s): %s",
+                        "shutdown is waiting for %d task(s) that must finish first: %s",
                         len(self._live),
                         ", ".join(f"{task.name} (id {task.id})" for task in self._live),
                     )

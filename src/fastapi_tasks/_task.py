@@ -311,9 +311,10 @@ class Task(Generic[R]):
                 self._result = await self._call_with_policy()
             state = SUCCEEDED
         except Exception as exc:
+            # The state stays RUNNING until on_error returned: until then the task
+            # can still be cancelled (at shutdown too), and wait() keeps waiting.
             state = FAILED
             self._exception = exc
-            self.state = FAILED
             await self._report_failure(exc)
         finally:
             self._host._finish(self, state)
