@@ -132,6 +132,15 @@ def test_a_broker_is_refused_until_distributed_mode_exists(app: FastAPI) -> None
     add_tasks(app)  # nothing was installed by the refused call
 
 
+def test_add_tasks_on_an_app_already_serving_is_an_error() -> None:
+    app = FastAPI()
+    client = TestClient(app)
+    with client:
+        client.get("/missing")  # the middleware stack is built now
+        with pytest.raises(RuntimeError, match="before the app starts"):
+            add_tasks(app)
+
+
 def test_add_tasks_twice_is_an_error(app: FastAPI) -> None:
     add_tasks(app)
     with pytest.raises(FastAPITasksAlreadyInstalledError):

@@ -325,3 +325,70 @@ async def test_without_fastapis_exit_stack_after_route_work_goes_at_response_sta
 
 async def _discard_send(message: Message) -> None:
     pass
+
+
+async def test_unhandled_error_hands_run_on_failure_work_over_after_the_500(
+    app: FastAPI, manager: TaskManager, recorder: Recorder
+) -> None:
+    handed_over_at_start: list[bool] = []
+
+    @app.get("/")
+    async def endpoint(tasks: Tasks) -> str:
+        tasks.after_response.task(run_on_failure=True).schedule(recorder.record, "cleanup")
+        raise RuntimeError("bug")
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            assert message["status"] == 500
+            handed_over_at_start.append(bool(manager.tasks))
+
+    async with serving(app):
+        with pytest.raises(RuntimeError, match="bug"):
+            await app(http_scope(), receive_empty_body, send)
+        await manager.join(5)
+    assert handed_over_at_start == [False]  # ServerErrorMiddleware's 500 went out first
+    assert recorder.events == ["cleanup"]
+
+
+async def test_work_scheduled_inside_a_stream_that_never_finished_is_discarded(
+    app: FastAPI, manager: TaskManager, recorder: Recorder
+) -> None:
+    @app.get("/")
+    async def endpoint(tasks: Tasks) -> str:
+        app.state.tasks = tasks
+        return "ok"
+
+    route_app = app.router.routes[-1].app  # type: ignore[attr-defined]
+
+    async def stream_cut_short(scope: Scope, receive: Receive, send: Send) -> None:
+        async def no_send(message: Message) -> None:
+            pass
+
+        await route_app(scope, receive, no_send)  # solves the dependency: gives the Tasks
+        tasks = app.state.tasks
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        tasks.after_response.schedule(recorder.record, "never")
+        # ...the client is gone: the app returns without the last chunk.
+
+    app.router.routes[-1].app = stream_cut_short  # type: ignore[attr-defined]
+    async with serving(app):
+        await app(http_scope(), receive_empty_body, _discard_send)
+        await manager.join(5)
+    assert recorder.events == []
+    assert manager.stats.discarded == 1
+
+
+def test_wrapped_functions_are_checked_against_the_function_they_wrap() -> None:
+    from fastapi_tasks._call import check_call
+
+    async def send_mail(to: str) -> None:
+        pass  # pragma: no cover
+
+    @functools.wraps(send_mail)
+    async def logged(*args: Any, **kwargs: Any) -> None:
+        pass  # pragma: no cover
+
+    assert check_call(logged, ("a@example.com",), {}) is True
+    with pytest.raises(TypeError, match="bogus"):
+        check_call(logged, ("a@example.com",), {"bogus": 1})

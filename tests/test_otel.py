@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import AsyncGenerator, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -144,3 +146,30 @@ async def test_after_response_work_of_an_untraced_request_has_no_link() -> None:
     (span,) = exporter.get_finished_spans()
     assert span.name == "mail"
     assert not span.links
+
+
+async def test_a_provider_set_by_the_apps_own_startup_is_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    global_provider: list[TracerProvider] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncGenerator[None, None]:
+        # What trace.set_tracer_provider(provider) does, without changing the
+        # process-wide provider that the other tests rely on.
+        global_provider.append(provider)
+        yield
+
+    proxy = trace.get_tracer_provider()
+    monkeypatch.setattr(
+        trace, "get_tracer_provider", lambda: global_provider[0] if global_provider else proxy
+    )
+    app = FastAPI(lifespan=lifespan)
+    manager = add_tasks(app)
+    async with serving(app):
+        manager.task(name="after startup").schedule(work, "x")
+        await manager.join(5)
+    assert [span.name for span in exporter.get_finished_spans()] == ["after startup"]

@@ -141,6 +141,8 @@ def check_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> boo
         shape = _shapes.get(func.__code__) or _new_shape(func)
         if not shape.accepts(len(args) + (kind is MethodType), kwargs):
             _reject(fn, args, kwargs)  # type: ignore[arg-type]
+        if func.__dict__:  # functools.wraps or a __signature__: inspect knows the real one
+            _check_binding(fn, args, kwargs)  # type: ignore[arg-type]
         if shape.async_generator:
             _refuse_async_generator(fn)
         return shape.is_async

@@ -185,6 +185,15 @@ class RequestTasks(Scheduler):
     def send(self, message: Message) -> Awaitable[None]:
         """The ``send`` the app below us gets; a pass-through while no work waits."""
         if not self._after_route and not self._after_response:
+            # Still note how far the response got: work scheduled later (from a
+            # streaming body, say) must know whether the response was completed.
+            kind = message["type"]
+            if kind == "http.response.start":
+                self._stage = _STARTED
+            elif (kind == "http.response.body" and not message.get("more_body", False)) or (
+                kind == "http.response.pathsend"
+            ):
+                self._stage = _COMPLETE
             return self._send(message)
         return self._send_watched(message)
 

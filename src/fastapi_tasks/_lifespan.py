@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from ._asgi import TasksMiddleware
 from ._config import TaskConfig
@@ -50,6 +51,7 @@ def add_tasks(
 
     Raises:
         FastAPITasksAlreadyInstalledError: ``add_tasks`` already ran on this app.
+        RuntimeError: The app already started serving (its middleware stack is built).
         NotImplementedError: A ``broker`` was given.
     """
     if broker is not None:
@@ -59,6 +61,8 @@ def add_tasks(
         )
     if app in _managers:
         raise FastAPITasksAlreadyInstalledError("add_tasks() was already called on this app")
+    if app.middleware_stack is not None:
+        raise RuntimeError("add_tasks() must be called before the app starts serving")
     manager = TaskManager(
         config=config,
         max_concurrency=max_concurrency,
@@ -71,6 +75,8 @@ def add_tasks(
     async def lifespan(app: Starlette) -> AsyncGenerator[Any, None]:
         tracer = tracer_from_telemetry(telemetry_config(app))
         async with manager.lifespan(tracer), app_lifespan(app) as state:
+            # The app's own startup may have just set the global tracer provider.
+            manager._tracer = tracer_from_telemetry(telemetry_config(app))
             try:
                 yield state
             finally:
@@ -78,7 +84,17 @@ def add_tasks(
                 await manager.aclose()
 
     app.router.lifespan_context = lifespan
-    app.add_middleware(TasksMiddleware, manager=manager)
+    build_middleware_stack = app.build_middleware_stack
+
+    def build_with_tasks() -> ASGIApp:
+        # Outside every other layer, ServerErrorMiddleware included: the send hook
+        # sees the bytes that really leave the app (a 500 too), whatever middleware
+        # is added after add_tasks().
+        return TasksMiddleware(build_middleware_stack(), manager)
+
+    # Starlette builds the stack through this public method on first use; wrapping
+    # it is the one way to sit outside ServerErrorMiddleware.
+    setattr(app, "build_middleware_stack", build_with_tasks)  # noqa: B010
     _managers[app] = manager
     return manager
 
