@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import anyio
 import pytest
 from fastapi import FastAPI
 
-from fastapi_tasks import Task, TaskConfig, TaskManager, TaskState
+from fastapi_tasks import Task, TaskConfig, TaskManager, TaskState, add_tasks
 
 from .conftest import serving
 
@@ -133,3 +134,86 @@ async def test_limiter_caps_one_kind_of_work(app: FastAPI, manager: TaskManager)
         gates[1].set()
         await manager.join(5)
     assert entered == [0, 1]
+
+
+class Overlap:
+    """Counts how many calls of a sync function run at the same time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+        self.calls = 0
+
+    def slow(self) -> None:
+        with self.lock:
+            self.now += 1
+            self.calls += 1
+            self.peak = max(self.peak, self.now)
+        time.sleep(0.05)  # the body of work that is meant to time out
+        with self.lock:
+            self.now -= 1
+
+
+async def test_timed_out_sync_attempts_never_overlap_their_retry(
+    app: FastAPI, manager: TaskManager
+) -> None:
+    overlap = Overlap()
+    async with serving(app):
+        task = manager.task(timeout=0.01, retries=2, retry_delay=0).schedule(overlap.slow)
+        await manager.join(5)
+    assert task.state is TaskState.FAILED
+    assert task.attempts == 3
+    assert overlap.calls == 3
+    assert overlap.peak == 1
+
+
+async def test_a_sync_attempt_keeps_its_limiter_until_its_thread_returns(
+    app: FastAPI, manager: TaskManager
+) -> None:
+    overlap = Overlap()
+    limiter = anyio.CapacityLimiter(1)
+    async with serving(app):
+        for _ in range(3):
+            manager.task(timeout=0.01, limiter=limiter).schedule(overlap.slow)
+        await manager.join(5)
+    assert overlap.calls == 3
+    assert overlap.peak == 1
+    assert manager.stats.failed == 3
+
+
+async def test_waiting_for_a_thread_does_not_count_toward_the_timeout() -> None:
+    app = FastAPI()
+    manager = add_tasks(app, max_threads=1)
+    overlap = Overlap()
+    async with serving(app):
+        first = manager.task(timeout=0.01).schedule(overlap.slow)
+        second = manager.task(timeout=1).schedule(overlap.slow)
+        await manager.join(5)
+    assert first.state is TaskState.FAILED  # its thread kept running past the deadline...
+    assert second.state is TaskState.SUCCEEDED  # ...and the second waited for it, untimed
+    assert overlap.peak == 1
+
+
+async def test_sync_work_still_queued_for_a_thread_never_runs_after_shutdown() -> None:
+    app = FastAPI()
+    manager = add_tasks(app, max_threads=1)
+    entered = threading.Event()
+    leave = threading.Event()
+    ran: list[str] = []
+
+    def blocking() -> None:
+        entered.set()
+        leave.wait(5)
+
+    def queued() -> None:
+        ran.append("queued")  # pragma: no cover - must never run
+
+    async with serving(app):
+        manager.schedule(blocking)
+        await anyio.to_thread.run_sync(entered.wait, 5)
+        waiting = manager.schedule(queued)
+        await anyio.wait_all_tasks_blocked()
+    leave.set()
+    assert waiting.state is TaskState.CANCELLED
+    assert ran == []

@@ -152,6 +152,7 @@ async def test_sync_work_runs_in_the_managers_own_threads() -> None:
 
     def blocking() -> None:
         names.append(threading.current_thread().name)
+        assert names[0].startswith("fastapi-tasks")
         first_entered.set()
         release_first.wait(5)
 

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar, overload
 
@@ -25,6 +26,7 @@ from ._task import (
     TaskMode,
     TaskState,
 )
+from ._threads import ThreadJob
 from .errors import FastAPITasksClosedError, FastAPITasksError, FastAPITasksNotStartedError
 
 __all__ = ["Scheduler", "TaskManager", "TaskStats", "current_manager"]
@@ -48,11 +50,6 @@ def _check_type(name: str, value: object, kind: type) -> None:
 def _check_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
-def _boxed(func: Callable[[], Any]) -> tuple[Any]:
-    # trio refuses a thread function whose result is awaitable; a tuple hides it.
-    return (func(),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,12 +188,12 @@ class TaskManager(Scheduler):
         "_max_concurrency",
         "_max_threads",
         "_phase",
+        "_pool",
         "_retries",
         "_runner",
         "_scheduled",
         "_shield_warning_interval",
         "_shutdown_timeout",
-        "_thread_limiter",
         "_tracer",
         "_waiting",
     )
@@ -228,7 +225,7 @@ class TaskManager(Scheduler):
         self._retries = 0
         self._counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self._idle: Event | None = None
-        self._thread_limiter: anyio.CapacityLimiter | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._cancelled_exc: type[BaseException] = BaseException
         self._tracer: Any = None
         self._shield_warning_interval = 5.0
@@ -443,13 +440,33 @@ class TaskManager(Scheduler):
     def _new_event(self) -> Event:
         if self._runner is None:
             return anyio.Event()
-        return self._runner._new_event()
+        return self._runner.new_event()
 
-    async def _run_sync(self, func: Callable[[], Any]) -> Any:
-        (result,) = await anyio.to_thread.run_sync(
-            _boxed, func, limiter=self._thread_limiter, abandon_on_cancel=True
-        )
-        return result
+    async def _run_in_thread(
+        self,
+        func: Callable[[], Any],
+        owner: Task[Any],
+        limiter: anyio.CapacityLimiter | None = None,
+        time_limit: float | None = None,
+    ) -> Any:
+        runner, pool = self._runner, self._pool
+        # Only tasks of a running manager get here.
+        assert runner is not None
+        assert pool is not None
+        job = ThreadJob(runner, limiter)
+        try:
+            return await job.call(pool, func, time_limit)
+        except BaseException:
+            if job.abandoned:
+                owner._busy_thread = job.finished
+                logger.warning(
+                    "sync task %s (id %s) is still running in its thread and was abandoned; "
+                    "its thread stays busy until it returns, and its result will be dropped",
+                    owner.name,
+                    owner.id,
+                    extra=owner._log_extra(),
+                )
+            raise
 
     async def _sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
@@ -485,14 +502,21 @@ class TaskManager(Scheduler):
             self._runner = runner
             self._cancelled_exc = runner.cancelled_exc
             self._tracer = tracer
-            self._thread_limiter = anyio.CapacityLimiter(self._max_threads)
+            pool = self._pool = ThreadPoolExecutor(
+                self._max_threads, thread_name_prefix="fastapi-tasks"
+            )
             self._phase = "running"
             token = current_manager.set(self)
             try:
                 yield
             finally:
                 current_manager.reset(token)
-                await self.aclose()
+                try:
+                    await self.aclose()
+                finally:
+                    # Queued calls are dropped; a thread still running is left to finish.
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = None
 
     async def aclose(self) -> None:
         """Shut down: refuse new work, drain for ``shutdown_timeout``, cancel, wait for shielded."""

@@ -26,9 +26,9 @@ class Runner(Protocol):
     cancelled_exc: type[BaseException]
 
     def in_loop_thread(self) -> bool: ...
-    def call_soon_threadsafe(self, func: Callable[[Task[Any]], None], task: Task[Any]) -> None: ...
+    def call_soon_threadsafe(self, func: Callable[..., object], *args: Any) -> None: ...
     def start(self, task: Task[Any]) -> None: ...
-    def _new_event(self) -> Event: ...
+    def new_event(self) -> Event: ...
     def run_blocking(self, func: Callable[[], Coroutine[Any, Any, T]]) -> T: ...
 
 
@@ -44,8 +44,8 @@ class AsyncioRunner:
     def in_loop_thread(self) -> bool:
         return threading.get_ident() == self._thread
 
-    def call_soon_threadsafe(self, func: Callable[[Task[Any]], None], task: Task[Any]) -> None:
-        self._loop.call_soon_threadsafe(func, task)
+    def call_soon_threadsafe(self, func: Callable[..., object], *args: Any) -> None:
+        self._loop.call_soon_threadsafe(func, *args)
 
     def start(self, task: Task[Any]) -> None:
         context = task._context
@@ -54,7 +54,7 @@ class AsyncioRunner:
         else:
             task._handle = context.run(self._loop.create_task, task._run())
 
-    def _new_event(self) -> Event:
+    def new_event(self) -> Event:
         return asyncio.Event()
 
     def run_blocking(self, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -85,8 +85,8 @@ class AnyioRunner:
     def in_loop_thread(self) -> bool:
         return threading.get_ident() == self._thread
 
-    def call_soon_threadsafe(self, func: Callable[[Task[Any]], None], task: Task[Any]) -> None:
-        self._token.run_sync_soon(func, task)
+    def call_soon_threadsafe(self, func: Callable[..., object], *args: Any) -> None:
+        self._token.run_sync_soon(func, *args)
 
     def start(self, task: Task[Any]) -> None:
         ticket = self._tickets
@@ -111,7 +111,7 @@ class AnyioRunner:
                     follower.set()
             await task._run()
 
-    def _new_event(self) -> Event:
+    def new_event(self) -> Event:
         return self._event()
 
     def run_blocking(self, func: Callable[[], Coroutine[Any, Any, T]]) -> T:

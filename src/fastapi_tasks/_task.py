@@ -69,7 +69,13 @@ class Host(Protocol):
     _tracer: Any
 
     def _new_event(self) -> Event: ...
-    async def _run_sync(self, func: Callable[[], Any]) -> Any: ...
+    async def _run_in_thread(
+        self,
+        func: Callable[[], Any],
+        owner: Task[Any],
+        limiter: anyio.CapacityLimiter | None = None,
+        time_limit: float | None = None,
+    ) -> Any: ...
     async def _sleep(self, seconds: float) -> None: ...
     def _count_retry(self) -> None: ...
     def _finish(self, task: Task[Any], state: TaskState) -> None: ...
@@ -100,6 +106,7 @@ class Task(Generic[R]):
 
     __slots__ = (
         "_admitted",
+        "_busy_thread",
         "_context",
         "_done",
         "_exception",
@@ -143,6 +150,7 @@ class Task(Generic[R]):
         self._context = context
         self._handle: _Cancellable | None = None
         self._admitted = False
+        self._busy_thread: Event | None = None
         self._result: Any = None
         self._exception: BaseException | None = None
         self._started: Event | None = None
@@ -212,53 +220,47 @@ class Task(Generic[R]):
 
     async def __call__(self) -> R:
         """Run the function once more, now, in the caller's task, and return its result."""
-        if self._is_async:
-            return await self.func(*self.args, **self.kwargs)  # type: ignore[no-any-return]
-        return await self._call_sync()  # type: ignore[no-any-return]
+        return await self._call_once()  # type: ignore[no-any-return]
 
-    async def _call_sync(self) -> Any:
+    async def _call_once(self) -> Any:
+        if self._is_async:
+            return await self.func(*self.args, **self.kwargs)
+        return await self._call_sync(None, None)
+
+    async def _call_sync(
+        self, limiter: anyio.CapacityLimiter | None, time_limit: float | None
+    ) -> Any:
         call = functools.partial(self.func, *self.args, **self.kwargs)
-        try:
-            result = await self._host._run_sync(call)
-        except self._host._cancelled_exc:
-            logger.warning(
-                "sync task %s (id %s) is still running in its thread and was abandoned; "
-                "its result will be dropped",
-                self.name,
-                self.id,
-                extra=self._log_extra(),
-            )
-            raise
+        result = await self._host._run_in_thread(call, self, limiter, time_limit)
         if inspect.isawaitable(result):
             # A plain function that returned an awaitable (e.g. a sync wrapper
             # around a coroutine function): finish the work on the event loop.
             return await result
         return result
 
-    async def _call_once(self) -> Any:
-        if self._is_async:
-            return await self.func(*self.args, **self.kwargs)
-        return await self._call_sync()
-
-    async def _call_timed(self) -> Any:
+    async def _attempt(self) -> Any:
+        """One attempt with the options: limiter held, timeout counted, while it runs."""
         config = self.config
+        if not self._is_async:
+            # The thread keeps the limiter until it returns, even past a timeout.
+            return await self._call_sync(config.limiter, config.timeout)
         if config.limiter is None:
-            return await self._call_limited()
+            return await self._call_async_timed()
         async with config.limiter:
-            return await self._call_limited()
+            return await self._call_async_timed()
 
-    async def _call_limited(self) -> Any:
+    async def _call_async_timed(self) -> Any:
         if self.config.timeout is None:
-            return await self._call_once()
+            return await self.func(*self.args, **self.kwargs)
         with anyio.fail_after(self.config.timeout):
-            return await self._call_once()
+            return await self.func(*self.args, **self.kwargs)
 
     async def _call_with_policy(self) -> Any:
         config = self.config
         retries = config.retries or 0
         while True:
             try:
-                return await self._call_timed()
+                return await self._attempt()
             except Exception as exc:
                 if self.attempts > retries or (
                     config.retry_on is not None and not isinstance(exc, config.retry_on)
@@ -276,6 +278,11 @@ class Task(Generic[R]):
                     extra=self._log_extra(),
                 )
                 await self._host._sleep(wait)
+                busy = self._busy_thread
+                if busy is not None:
+                    # Never overlap the previous attempt: it still runs in its thread.
+                    self._busy_thread = None
+                    await busy.wait()
                 self.attempts += 1
 
     def _retry_wait(self) -> float:
@@ -345,7 +352,9 @@ class Task(Generic[R]):
             if is_async_callable(handler):
                 await handler(self, exc)  # type: ignore[misc]
             else:
-                outcome = await self._host._run_sync(functools.partial(handler, self, exc))
+                outcome = await self._host._run_in_thread(
+                    functools.partial(handler, self, exc), self
+                )
                 if inspect.isawaitable(outcome):
                     await outcome
         except Exception:
