@@ -73,6 +73,10 @@ class TaskConfig:
         limiter: An ``anyio.CapacityLimiter`` the work holds while it runs.
         run_on_failure: After-route or after-response work that still runs when
             the endpoint raised or the response could not be completed.
+
+    Derive configs with [`merge()`][fastapi_tasks.TaskConfig.merge] (or ``task(...)``),
+    not ``dataclasses.replace()``: ``replace`` passes every field back in, so all of
+    them would count as given and override what they should inherit.
     """
 
     name: str | None = _UNSET
