@@ -213,6 +213,18 @@ async def feed(tasks: Tasks) -> StreamingResponse:
     return StreamingResponse(body(), media_type="text/plain")
 
 
+@api.get("/feed-late")
+async def feed_late(tasks: Tasks) -> StreamingResponse:
+    """After-response work scheduled by the body, after the response started."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"first chunk"
+        tasks.after_response.schedule(record, "after-response ran")
+        await anyio.sleep_forever()  # cancelled once granian reports the disconnect
+
+    return StreamingResponse(body(), media_type="text/plain")
+
+
 async def unshielded() -> None:
     note("unshielded started")
     acknowledgement("unshielded started").set()
