@@ -443,13 +443,6 @@ def test_client_gone_mid_stream(server: Server) -> None:
     assert report.stats["cancelled"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: RequestTasks.send() (src/fastapi_tasks/_dependency.py) passes "
-    "messages through without noting that the response started while no work waits, so "
-    "end() takes a response that started before the work was scheduled, and never "
-    "completed, for a complete one and runs its after-response work",
-)
 def test_client_gone_after_work_was_scheduled_mid_stream(server: Server) -> None:
     """After-response work scheduled by the streaming body: discarded as well (SPEC 2.7)."""
     received = leave_mid_stream(server, "/feed-late")
