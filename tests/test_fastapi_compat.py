@@ -32,10 +32,17 @@ def test_fastapi_still_provides_the_function_exit_stack() -> None:
     )
 
 
-async def test_without_the_stack_the_hook_reports_unsupported() -> None:
-    async def callback(*exc_info: Any) -> None:
-        pass  # pragma: no cover
-
-    assert on_endpoint_exit({}, callback) is False
+async def test_the_hook_reports_how_the_endpoint_ended() -> None:
+    seen: list[type[BaseException] | None] = []
+    assert on_endpoint_exit({}, seen.append) is False  # no stack: unsupported
     async with AsyncExitStack() as stack:
-        assert on_endpoint_exit({FUNCTION_STACK_KEY: stack}, callback) is True
+        assert on_endpoint_exit({FUNCTION_STACK_KEY: stack}, seen.append) is True
+
+    async def failing_endpoint() -> None:
+        async with AsyncExitStack() as stack:
+            on_endpoint_exit({FUNCTION_STACK_KEY: stack}, seen.append)
+            raise KeyError("endpoint failed")
+
+    with pytest.raises(KeyError):
+        await failing_endpoint()
+    assert seen == [None, KeyError]

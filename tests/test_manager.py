@@ -345,3 +345,26 @@ async def test_a_running_error_handler_is_cancelled_at_shutdown(
 
 
 request_label: contextvars.ContextVar[str] = contextvars.ContextVar("request_label")
+
+
+async def test_get_task_manager_tells_several_running_apps_apart() -> None:
+    apps = [FastAPI(), FastAPI()]
+    managers = [add_tasks(app) for app in apps]
+    found: list[tuple[int, TaskManager]] = []
+
+    async def note(n: int) -> None:
+        found.append((n, get_task_manager()))
+
+    for n, app in enumerate(apps):
+
+        @app.get("/")
+        async def endpoint(tasks: Tasks, n: int = n) -> bool:
+            tasks.after_response.schedule(note, n)
+            return get_task_manager() is managers[n]
+
+    async with serving(apps[0]) as first, serving(apps[1]) as second:
+        assert (await first.get("/")).json() is True
+        assert (await second.get("/")).json() is True
+        for manager in managers:
+            await manager.join(5)
+    assert sorted(found, key=lambda item: item[0]) == [(0, managers[0]), (1, managers[1])]

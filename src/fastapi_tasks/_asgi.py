@@ -6,7 +6,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from ._dependency import SCOPE_KEY, RequestTasks
-from ._manager import TaskManager, current_manager
+from ._manager import TaskManager, current_manager, running_managers
 
 __all__ = ["TasksMiddleware"]
 
@@ -31,7 +31,8 @@ class TasksMiddleware:
             return
         tasks = RequestTasks(self.manager, scope, send)
         scope[SCOPE_KEY] = tasks
-        token = current_manager.set(self.manager)
+        # get_task_manager() needs the context only when it cannot tell the apps apart.
+        token = current_manager.set(self.manager) if len(running_managers) > 1 else None
         try:
             await self.app(scope, receive, tasks.send if kind == "http" else send)
         except WebSocketDisconnect:
@@ -43,4 +44,9 @@ class TasksMiddleware:
         else:
             tasks.end(failed=False)
         finally:
-            current_manager.reset(token)
+            if token is not None:
+                current_manager.reset(token)
+            # The scope and the scheduler refer to each other; breaking the cycle lets
+            # reference counting free both now instead of leaving them to the cyclic
+            # garbage collector (which, run per request, costs more than all the rest).
+            del scope[SCOPE_KEY]

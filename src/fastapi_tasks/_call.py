@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable, Mapping
 from types import CodeType, FunctionType, MethodType
 from typing import Any
@@ -25,10 +26,12 @@ class _Shape:
 
     __slots__ = (
         "async_generator",
+        "fewest",
         "index",
         "is_async",
         "kwonly",
         "kwrequired",
+        "most",
         "npos",
         "posnames",
         "posonly",
@@ -54,6 +57,11 @@ class _Shape:
         self.kwrequired = tuple(name for name in self.kwonly if name not in kwdefaults)
         self.varargs = bool(flags & _CO_VARARGS)
         self.varkw = bool(flags & _CO_VARKEYWORDS)
+        # The common call, positional arguments only, is accepted when their number
+        # lies in [fewest, most]; anything else takes the full check.
+        simple = not self.kwrequired and not self.async_generator
+        self.fewest = self.required if simple else sys.maxsize
+        self.most = sys.maxsize if self.varargs else npos
 
     def accepts(self, given: int, kwargs: Mapping[str, Any]) -> bool:
         if given > self.npos and not self.varargs:
@@ -128,6 +136,23 @@ def is_async_callable(fn: object) -> bool:
     return not isinstance(fn, type) and inspect.iscoroutinefunction(call)
 
 
+def _check_function(
+    fn: Callable[..., Any],
+    func: FunctionType,
+    bound: int,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> bool:
+    shape = _shapes.get(func.__code__) or _new_shape(func)
+    if not shape.accepts(len(args) + bound, kwargs):
+        _reject(fn, args, kwargs)
+    if func.__dict__:  # functools.wraps or a __signature__: inspect knows the real one
+        _check_binding(fn, args, kwargs)
+    if shape.async_generator:
+        _refuse_async_generator(fn)
+    return shape.is_async
+
+
 def check_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """Validate ``fn(*args, **kwargs)`` without calling it; return whether ``fn`` is async.
 
@@ -136,16 +161,18 @@ def check_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> boo
     that do not bind to the signature.
     """
     kind = type(fn)
-    if kind is FunctionType or (kind is MethodType and type(fn.__func__) is FunctionType):  # type: ignore[attr-defined]
-        func: FunctionType = fn if kind is FunctionType else fn.__func__  # type: ignore[assignment,attr-defined]
-        shape = _shapes.get(func.__code__) or _new_shape(func)
-        if not shape.accepts(len(args) + (kind is MethodType), kwargs):
-            _reject(fn, args, kwargs)  # type: ignore[arg-type]
-        if func.__dict__:  # functools.wraps or a __signature__: inspect knows the real one
-            _check_binding(fn, args, kwargs)  # type: ignore[arg-type]
-        if shape.async_generator:
-            _refuse_async_generator(fn)
-        return shape.is_async
+    if kind is FunctionType:
+        shape = _shapes.get(fn.__code__)  # type: ignore[attr-defined]
+        if (
+            shape is not None
+            and not kwargs
+            and shape.fewest <= len(args) <= shape.most
+            and not fn.__dict__
+        ):
+            return shape.is_async  # the hot path of schedule(), kept inline
+        return _check_function(fn, fn, 0, args, kwargs)  # type: ignore[arg-type]
+    if kind is MethodType and type(fn.__func__) is FunctionType:  # type: ignore[attr-defined]
+        return _check_function(fn, fn.__func__, 1, args, kwargs)  # type: ignore[arg-type,attr-defined]
     if inspect.iscoroutine(fn):
         fn.close()
         raise TypeError(

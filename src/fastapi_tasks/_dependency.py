@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from types import TracebackType
 from typing import Annotated, Any
 
 from fastapi import Depends
@@ -46,9 +45,12 @@ class Batch(Scheduler):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         is_async: bool,
-        config: TaskConfig,
+        config: TaskConfig | None,
     ) -> Task[Any]:
-        task = self._request._manager._new_task(func, args, kwargs, is_async, config, self._mode)
+        manager = self._request._manager
+        task = manager._new_task(
+            func, args, kwargs, is_async, config or manager._config, self._mode
+        )
         self._request._defer(task)
         return task
 
@@ -65,9 +67,7 @@ class RequestTasks(Scheduler):
         "_after_route",
         "_failed",
         "_manager",
-        "_response_batch",
         "_response_passed",
-        "_route_batch",
         "_route_passed",
         "_scope",
         "_send",
@@ -83,8 +83,6 @@ class RequestTasks(Scheduler):
         self._after_response: list[Task[Any]] | None = None
         self._route_passed = False
         self._response_passed = False
-        self._route_batch: Batch | None = None
-        self._response_batch: Batch | None = None
         self._failed = False
         self._watching = False
         self._stage = _UNSEEN
@@ -97,21 +95,18 @@ class RequestTasks(Scheduler):
         """The app's task manager."""
         return self._manager
 
+    # The batches are made on each access rather than kept: a kept batch and this
+    # object would refer to each other, a cycle per request for the garbage collector.
+
     @property
     def after_route(self) -> Batch:
         """Work handed over after the endpoint returned, before the response starts."""
-        batch = self._route_batch
-        if batch is None:
-            batch = self._route_batch = Batch(self, "after_route")
-        return batch
+        return Batch(self, "after_route")
 
     @property
     def after_response(self) -> Batch:
         """Work handed over after the response's last byte was sent."""
-        batch = self._response_batch
-        if batch is None:
-            batch = self._response_batch = Batch(self, "after_response")
-        return batch
+        return Batch(self, "after_response")
 
     def _default_config(self) -> TaskConfig:
         return self._manager._config
@@ -122,7 +117,7 @@ class RequestTasks(Scheduler):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         is_async: bool,
-        config: TaskConfig,
+        config: TaskConfig | None,
     ) -> Task[Any]:
         return self._manager._accept(func, args, kwargs, is_async, config)
 
@@ -158,15 +153,9 @@ class RequestTasks(Scheduler):
         waiting = self._after_response
         self._after_response = None
         self._response_passed = True
-        if waiting:
-            self._manager._release_all(waiting, failed, reason)
+        self._manager._release_all(waiting or (), failed, reason)
 
-    async def _endpoint_exited(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _endpoint_exited(self, exc_type: type[BaseException] | None) -> None:
         failed = exc_type is not None and not issubclass(exc_type, WebSocketDisconnect)
         self._failed = failed
         self._release_route(failed)
@@ -183,48 +172,50 @@ class RequestTasks(Scheduler):
     # -- the send hook ----------------------------------------------------------
 
     def send(self, message: Message) -> Awaitable[None]:
-        """The ``send`` the app below us gets; a pass-through while no work waits."""
-        if not self._after_route and not self._after_response:
-            # Still note how far the response got: work scheduled later (from a
-            # streaming body, say) must know whether the response was completed.
-            kind = message["type"]
-            if kind == "http.response.start":
-                self._stage = _STARTED
-            elif (kind == "http.response.body" and not message.get("more_body", False)) or (
-                kind == "http.response.pathsend"
-            ):
-                self._stage = _COMPLETE
-            return self._send(message)
-        return self._send_watched(message)
+        """The ``send`` the app below us gets.
 
-    async def _send_watched(self, message: Message) -> None:
+        Only the last message of a response, and only while after-response work
+        waits, goes through a coroutine of ours (to act once it was sent); every
+        other message is passed straight on, noting how far the response got.
+        """
         if self._after_route:
+            # Any response message means the endpoint is done (the exit hook of
+            # FastAPI's function stack normally got here first).
             self._release_route(self._failed)
         kind = message["type"]
-        if (kind == "http.response.body" and not message.get("more_body", False)) or (
+        if kind == "http.response.start":
+            self._stage = _STARTED
+        elif (kind == "http.response.body" and not message.get("more_body", False)) or (
             kind == "http.response.pathsend"
         ):
-            try:
-                await self._send(message)
-            except self._manager._cancelled_exc:
-                # The app's own cancel scope stopped the send, not the transport: a
-                # server only reports the disconnect Starlette listens for once it is
-                # done writing (hypercorn does so inside this very send). A transport
-                # that failed to write raises an error instead (below).
-                self._stage = _COMPLETE
-                self._release_response(False, "")
-                raise
-            except BaseException:
-                self._stage = _BROKEN
-                raise
+            if self._after_response:
+                return self._send_last(message)
+            self._stage = _COMPLETE
+        return self._send(message)
+
+    async def _send_last(self, message: Message) -> None:
+        try:
+            await self._send(message)
+        except self._manager._cancelled_exc:
+            # The app's own cancel scope stopped the send, not the transport: a
+            # server only reports the disconnect Starlette listens for once it is
+            # done writing (hypercorn does so inside this very send). A transport
+            # that failed to write raises an error instead (below).
             self._stage = _COMPLETE
             self._release_response(False, "")
-            return
-        self._stage = _STARTED
-        await self._send(message)
+            raise
+        except BaseException:
+            self._stage = _BROKEN
+            raise
+        self._stage = _COMPLETE
+        self._release_response(False, "")
 
     def end(self, failed: bool) -> None:
         """The app returned (or raised): settle whatever still waits."""
+        if not self._after_route and not self._after_response:
+            # Nothing waits (the common case); work scheduled from now on starts at once.
+            self._route_passed = self._response_passed = True
+            return
         self._release_route(failed or self._failed)
         incomplete = failed or self._stage in (_STARTED, _BROKEN)
         reason = "the request failed" if failed else "the response could not be completed"

@@ -15,26 +15,44 @@ operation spans are on) are read from ``app._telemetry`` for the same reason.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Mapping, MutableMapping
+from contextlib import AbstractContextManager, AsyncExitStack
 from types import TracebackType
 from typing import Any, cast
 
 FUNCTION_STACK_KEY = "fastapi_function_astack"
 TELEMETRY_ATTRIBUTE = "_telemetry"
 
-EndpointExit = Callable[
-    [type[BaseException] | None, BaseException | None, TracebackType | None],
-    Awaitable[None],
-]
+EndpointExit = Callable[[type[BaseException] | None], None]
+
+
+class _ExitHook(AbstractContextManager[None]):
+    """Runs the callback as a plain (sync) exit of the stack.
+
+    A sync exit costs the stack no coroutine, and an object with ``__exit__`` spares
+    ``push()`` the ``AttributeError`` it raises and catches for a bare function.
+    """
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: EndpointExit) -> None:
+        self._callback = callback
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._callback(exc_type)
 
 
 def on_endpoint_exit(scope: MutableMapping[str, Any], callback: EndpointExit) -> bool:
-    """Call ``callback(exc_type, exc, tb)`` when the endpoint finished; False if unsupported."""
+    """Call ``callback(exc_type)`` when the endpoint finished; False if unsupported."""
     stack = scope.get(FUNCTION_STACK_KEY)
     if not isinstance(stack, AsyncExitStack):
         return False
-    stack.push_async_exit(callback)
+    stack.push(_ExitHook(callback))
     return True
 
 

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp
 from ._asgi import TasksMiddleware
 from ._config import TaskConfig
 from ._fastapi_compat import telemetry_config
-from ._manager import TaskManager, current_manager
+from ._manager import TaskManager, find_current_manager
 from ._otel import tracer_from_telemetry
 from .errors import FastAPITasksAlreadyInstalledError, FastAPITasksUninitializedAppError
 
@@ -111,7 +111,7 @@ def get_task_manager(app: Starlette | None = None) -> TaskManager:
             in context and none was given.
     """
     if app is None:
-        manager = current_manager.get()
+        manager = find_current_manager()
         if manager is None:
             raise FastAPITasksUninitializedAppError(
                 "no app with a task manager in this context: call get_task_manager(app), "

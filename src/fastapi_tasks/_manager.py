@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from threading import get_ident
 from typing import Any, Literal, TypeVar, overload
 
 import anyio
@@ -29,7 +30,14 @@ from ._task import (
 from ._threads import ThreadJob
 from .errors import FastAPITasksClosedError, FastAPITasksError, FastAPITasksNotStartedError
 
-__all__ = ["Scheduler", "TaskManager", "TaskStats", "current_manager"]
+__all__ = [
+    "Scheduler",
+    "TaskManager",
+    "TaskStats",
+    "current_manager",
+    "find_current_manager",
+    "running_managers",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,6 +46,24 @@ logger = logging.getLogger("fastapi_tasks")
 current_manager: contextvars.ContextVar[TaskManager | None] = contextvars.ContextVar(
     "fastapi_tasks_manager", default=None
 )
+"""The manager of the app whose lifespan, request or task this code runs in.
+
+Requests set it only while several managers run in the process (see
+``running_managers``): with one, that one is the answer, and a request saves the
+cost of setting a context variable.
+"""
+
+running_managers: list[TaskManager] = []
+"""Managers between lifespan startup and the end of shutdown, oldest first."""
+
+
+def find_current_manager() -> TaskManager | None:
+    """The manager for code running now: from the context, else the only one running."""
+    manager = current_manager.get()
+    if manager is None and len(running_managers) == 1:
+        manager = running_managers[0]
+    return manager
+
 
 _Phase = Literal["new", "running", "closing", "closed"]
 
@@ -90,7 +116,7 @@ class Scheduler:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         is_async: bool,
-        config: TaskConfig,
+        config: TaskConfig | None,
     ) -> Task[Any]:
         raise NotImplementedError  # pragma: no cover
 
@@ -121,8 +147,9 @@ class Scheduler:
             FastAPITasksNotStartedError: The app's lifespan has not started.
             FastAPITasksClosedError: The app's shutdown has begun.
         """
-        is_async = check_call(func, args, kwargs)
-        return self._accept(func, args, kwargs, is_async, self._default_config())
+        # None stands for the scheduler's default options: resolving them here would
+        # cost every call a method call.
+        return self._accept(func, args, kwargs, check_call(func, args, kwargs), None)
 
     def task(self, **options: Unpack[TaskOptions]) -> ConfiguredScheduler:
         """Return a scheduler whose work runs with ``options`` merged over the defaults.
@@ -163,9 +190,9 @@ class ConfiguredScheduler(Scheduler):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         is_async: bool,
-        config: TaskConfig,
+        config: TaskConfig | None,
     ) -> Task[Any]:
-        return self._target._accept(func, args, kwargs, is_async, config)
+        return self._target._accept(func, args, kwargs, is_async, config or self._config)
 
 
 class TaskManager(Scheduler):
@@ -185,6 +212,8 @@ class TaskManager(Scheduler):
         "_deferred",
         "_idle",
         "_live",
+        "_log_successes",
+        "_loop_thread",
         "_max_concurrency",
         "_max_threads",
         "_phase",
@@ -216,6 +245,7 @@ class TaskManager(Scheduler):
         self._max_threads = max_threads
         self._shutdown_timeout = float(shutdown_timeout)
         self._runner: Runner | None = None
+        self._loop_thread = 0
         self._phase: _Phase = "new"
         self._live: dict[Task[Any], None] = {}  # handed over: pending or running
         self._deferred: dict[Task[Any], None] = {}  # waiting for their request's moment
@@ -228,6 +258,7 @@ class TaskManager(Scheduler):
         self._pool: ThreadPoolExecutor | None = None
         self._cancelled_exc: type[BaseException] = BaseException
         self._tracer: Any = None
+        self._log_successes = False
         self._shield_warning_interval = 5.0
 
     def __repr__(self) -> str:
@@ -349,12 +380,14 @@ class TaskManager(Scheduler):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         is_async: bool,
-        config: TaskConfig,
+        config: TaskConfig | None,
     ) -> Task[Any]:
         runner = self._runner
         if runner is None or self._phase != "running":
             raise self._refusal()
-        if runner.in_loop_thread():
+        if config is None:
+            config = self._config
+        if get_ident() == self._loop_thread:
             task: Task[Any] = Task(self, func, args, kwargs, config, "immediate", is_async, None)
             self._admit(task)
         else:
@@ -368,12 +401,7 @@ class TaskManager(Scheduler):
 
     def _release(self, task: Task[Any]) -> None:
         """Hand a task that was accepted earlier to the runner (event loop thread only)."""
-        if task.state is not TaskState.PENDING:
-            return  # cancelled while it waited for its moment
-        if self._phase != "running":
-            self._discard(task, "the app was shutting down")
-            return
-        self._admit(task)
+        self._release_all((task,), False, "")
 
     def _release_threadsafe(self, task: Task[Any]) -> None:
         """``release()`` from any thread."""
@@ -385,15 +413,20 @@ class TaskManager(Scheduler):
 
     def _release_all(self, tasks: Iterable[Task[Any]], failed: bool, reason: str) -> None:
         """Release a batch; if ``failed`` only ``run_on_failure`` work runs, the rest is dropped."""
+        running = self._phase == "running"
         for task in tasks:
+            if task.state is not TaskState.PENDING:
+                continue  # cancelled while it waited for its moment
             if failed and not task.config.run_on_failure:
-                if task.state is TaskState.PENDING:
-                    self._discard(task, reason)
+                self._discard(task, reason)
+            elif running:
+                self._admit(task)
             else:
-                self._release(task)
+                self._discard(task, "the app was shutting down")
 
     def _admit(self, task: Task[Any]) -> None:
-        self._deferred.pop(task, None)
+        if self._deferred:
+            self._deferred.pop(task, None)
         self._live[task] = None
         self._scheduled += 1
         limit = self._max_concurrency
@@ -404,7 +437,9 @@ class TaskManager(Scheduler):
                 task._context = contextvars.copy_context()
             self._waiting.append(task)
             return
-        self._start(task)
+        task._admitted = True
+        self._active += 1
+        self._runner.start(task)  # type: ignore[union-attr]
 
     def _start(self, task: Task[Any]) -> None:
         task._admitted = True
@@ -428,7 +463,8 @@ class TaskManager(Scheduler):
 
     def _forget(self, task: Task[Any]) -> None:
         self._live.pop(task, None)
-        self._deferred.pop(task, None)
+        if self._deferred:
+            self._deferred.pop(task, None)
         if task._done is not None:
             task._done.set()
         if not self._live and self._idle is not None:
@@ -485,7 +521,7 @@ class TaskManager(Scheduler):
                 queued = waiting.popleft()
                 if queued.state is TaskState.PENDING:
                     self._start(queued)
-        if state is SUCCEEDED and logger.isEnabledFor(logging.DEBUG):
+        if state is SUCCEEDED and self._log_successes:
             logger.debug("task %s (id %s) succeeded", task.name, task.id, extra=task._log_extra())
 
     # -- lifespan ---------------------------------------------------------------
@@ -500,6 +536,9 @@ class TaskManager(Scheduler):
             raise FastAPITasksError("this task manager is already running")
         async with open_runner() as runner:
             self._runner = runner
+            self._loop_thread = runner.thread
+            # Read once: a per-task isEnabledFor() call would cost every task.
+            self._log_successes = logger.isEnabledFor(logging.DEBUG)
             self._cancelled_exc = runner.cancelled_exc
             self._tracer = tracer
             pool = self._pool = ThreadPoolExecutor(
@@ -507,6 +546,7 @@ class TaskManager(Scheduler):
             )
             self._phase = "running"
             token = current_manager.set(self)
+            running_managers.append(self)
             try:
                 yield
             finally:
@@ -517,6 +557,7 @@ class TaskManager(Scheduler):
                     # Queued calls are dropped; a thread still running is left to finish.
                     pool.shutdown(wait=False, cancel_futures=True)
                     self._pool = None
+                    running_managers.remove(self)
 
     async def aclose(self) -> None:
         """Shut down: refuse new work, drain for ``shutdown_timeout``, cancel, wait for shielded."""

@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 class Runner(Protocol):
     cancelled_exc: type[BaseException]
+    thread: int
 
     def in_loop_thread(self) -> bool: ...
     def call_soon_threadsafe(self, func: Callable[..., object], *args: Any) -> None: ...
@@ -39,10 +40,10 @@ class AsyncioRunner:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._thread = threading.get_ident()
+        self.thread = threading.get_ident()
 
     def in_loop_thread(self) -> bool:
-        return threading.get_ident() == self._thread
+        return threading.get_ident() == self.thread
 
     def call_soon_threadsafe(self, func: Callable[..., object], *args: Any) -> None:
         self._loop.call_soon_threadsafe(func, *args)
@@ -74,7 +75,7 @@ class AnyioRunner:
 
         self._group = group
         self._token = trio.lowlevel.current_trio_token()
-        self._thread = threading.get_ident()
+        self.thread = threading.get_ident()
         self.cancelled_exc = anyio.get_cancelled_exc_class()
         self._event = trio.Event
         self._from_thread_run = trio.from_thread.run
@@ -83,7 +84,7 @@ class AnyioRunner:
         self._waiting: dict[int, Event] = {}
 
     def in_loop_thread(self) -> bool:
-        return threading.get_ident() == self._thread
+        return threading.get_ident() == self.thread
 
     def call_soon_threadsafe(self, func: Callable[..., object], *args: Any) -> None:
         self._token.run_sync_soon(func, *args)

@@ -11,6 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import anyio
@@ -295,16 +296,14 @@ class Task(Generic[R]):
         """Run the work to its final state; called once, by the runner."""
         if self.state is not PENDING:  # cancelled before it began
             return
+        # One flat coroutine on purpose: every extra await level costs each task.
         tracer = self._host._tracer
-        if tracer is None:
-            await self._run_to_the_end()
-            return
-        from ._otel import task_span
+        span: AbstractContextManager[None] | None = None
+        if tracer is not None:
+            from ._otel import task_span
 
-        with task_span(tracer, self):
-            await self._run_to_the_end()
-
-    async def _run_to_the_end(self) -> None:
+            span = task_span(tracer, self)
+            span.__enter__()
         self.state = RUNNING
         self.attempts = 1
         self._started_at = time.perf_counter()
@@ -312,10 +311,12 @@ class Task(Generic[R]):
             self._started.set()
         state = CANCELLED
         try:
-            if self.config._plain:
-                self._result = await self._call_once()
-            else:
+            if not self.config._plain:
                 self._result = await self._call_with_policy()
+            elif self._is_async:
+                self._result = await self.func(*self.args, **self.kwargs)
+            else:
+                self._result = await self._call_sync(None, None)
             state = SUCCEEDED
         except Exception as exc:
             # The state stays RUNNING until on_error returned: until then the task
@@ -325,6 +326,9 @@ class Task(Generic[R]):
             await self._report_failure(exc)
         finally:
             self._host._finish(self, state)
+            if span is not None:
+                # The span reads the final state and exception from the task.
+                span.__exit__(None, None, None)
 
     def _log_extra(self) -> dict[str, object]:
         return {
