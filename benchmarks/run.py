@@ -88,7 +88,7 @@ FULL = Sizes(
     count_warmup=50,
     wall_requests=500,
     wall_rounds=3,
-    micro_calls=2000,
+    micro_calls=500,
     e2e_seconds=2,
     e2e_rounds=3,
     connections=16,
@@ -245,12 +245,14 @@ def measure_inprocess(
                 str(sizes.micro_calls),
                 "--samples",
                 "2",
+                "--micro-samples",
+                "10",
             )
             for name, values in result["asgi"].items():
                 asgi[key].setdefault(name, []).extend(values)
             for name, values in result["micro"].items():
                 micro[key].setdefault(name, []).extend(values)
-    return {"asgi": asgi, "micro": micro}
+    return {"asgi": asgi, "micro": micro, "micro_calls": sizes.micro_calls}
 
 
 # -- (b) end to end -----------------------------------------------------------------------

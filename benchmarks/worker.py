@@ -68,7 +68,13 @@ async def _count(variants: list[str], measure: str, requests: int, warmup: int) 
 
 
 async def _inprocess(
-    variants: list[str], micro: list[str], requests: int, warmup: int, calls: int, samples: int
+    variants: list[str],
+    micro: list[str],
+    requests: int,
+    warmup: int,
+    calls: int,
+    samples: int,
+    micro_samples: int,
 ) -> None:
     _apps.bind_loop()
     result: dict[str, Any] = {"asgi": {}, "micro": {}}
@@ -91,8 +97,14 @@ async def _inprocess(
             result["asgi"][name] = timings
         for name in micro:
             del schedule_timings[:]
-            for _ in range(samples + 1):  # the first one warms up
-                await client.request(f"micro:{name}")
+            for _ in range(micro_samples + 1):  # the first one warms up
+                # As timeit does: a collection landing in one sample would swamp it. The
+                # cost the collector adds per task shows in the fan-out scenario.
+                gc.disable()
+                try:
+                    await client.request(f"micro:{name}")
+                finally:
+                    gc.enable()
             result["micro"][name] = [elapsed / calls for elapsed in schedule_timings[1:]]
     _emit(result)
 
@@ -188,8 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     inprocess.add_argument("--micro", default="")
     inprocess.add_argument("--requests", type=int, default=1000)
     inprocess.add_argument("--warmup", type=int, default=100)
-    inprocess.add_argument("--calls", type=int, default=2000)
-    inprocess.add_argument("--samples", type=int, default=3)
+    inprocess.add_argument("--calls", type=int, default=500)
+    inprocess.add_argument("--samples", type=int, default=2)
+    inprocess.add_argument("--micro-samples", type=int, default=10)
     serve = commands.add_parser("serve")
     serve.add_argument("--variant", required=True)
     for name in ("fanout", "memory"):
@@ -209,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.warmup,
                 args.calls,
                 args.samples,
+                args.micro_samples,
             )
         )
     elif args.command == "serve":
