@@ -228,6 +228,7 @@ def measure_inprocess(
     envs: dict[str, tuple[list[str], list[str]]], all_envs: dict[str, Env], sizes: Sizes
 ) -> dict[str, Any]:
     asgi: dict[str, dict[str, list[float]]] = {key: {} for key in envs}
+    cyclic: dict[str, dict[str, list[float]]] = {key: {} for key in envs}
     micro: dict[str, dict[str, list[float]]] = {key: {} for key in envs}
     for round_no in range(sizes.wall_rounds):
         for key in rotated(list(envs), round_no):
@@ -250,9 +251,11 @@ def measure_inprocess(
             )
             for name, values in result["asgi"].items():
                 asgi[key].setdefault(name, []).extend(values)
+            for name, value in result["cyclic"].items():
+                cyclic[key].setdefault(name, []).append(value)
             for name, values in result["micro"].items():
                 micro[key].setdefault(name, []).extend(values)
-    return {"asgi": asgi, "micro": micro, "micro_calls": sizes.micro_calls}
+    return {"asgi": asgi, "cyclic": cyclic, "micro": micro, "micro_calls": sizes.micro_calls}
 
 
 # -- (b) end to end -----------------------------------------------------------------------
