@@ -129,10 +129,13 @@ class _Report:
             f"{requests:,} requests {MINUS} count at 0 requests) / {requests:,}. "
             "Every process builds and warms up the same apps "
             f"({data['current']['warmup']} requests each) before the measured requests, so the "
-            "two counts differ only by those requests. Deterministic: the baseline is run twice, "
-            f"and the two differ by {max(noise):.0f} instructions per request at most (the "
-            f"min{TO}max below). Ratios use the `BackgroundTasks` request measured in the same "
-            "environment.",
+            "two counts differ only by those requests (`PYTHONHASHSEED=0` in every process). "
+            "The baseline runs twice: the two differ by "
+            f"{max(noise):.0f} instructions per request at most (the min{TO}max below). Changing "
+            "any code moves the memory layout, and with it id-based hashing and allocation: "
+            "unrelated variants then move by up to about 1%, so compare versions of the "
+            "library by differences larger than that. Ratios use the `BackgroundTasks` request "
+            "measured in the same environment.",
             "",
         ]
         lines += _table(
@@ -435,7 +438,10 @@ class _Report:
         return [
             "## SPEC section 11 figures",
             "",
-            *_table(["figure", "target", "measured", "reference points measured here", ""], rows),
+            *_table(
+                ["figure", "target", "measured", "reference points measured here", "verdict"],
+                rows,
+            ),
         ]
 
     def machine_section(self) -> list[str]:
@@ -453,6 +459,10 @@ class _Report:
             f"- {machine['valgrind']}; {machine['wrk']}",
             f"- commit {machine['commit']}, {machine['date']}; the run took "
             f"{self.results['seconds'] / 60:.1f} minutes",
+            f"- 1-minute load average {machine['load_before']:.2f} before the run (the "
+            f"benchmark's own load: {machine['load_after']:.2f} after it); anything else busy "
+            "on the machine during the run shows in the wall-time figures, not in the "
+            "instruction counts",
         ]
         return lines
 

@@ -84,8 +84,8 @@ class Sizes:
 
 
 FULL = Sizes(
-    count_requests=1000,
-    count_warmup=50,
+    count_requests=600,
+    count_warmup=30,
     wall_requests=500,
     wall_rounds=3,
     micro_calls=500,
@@ -417,6 +417,7 @@ def describe_machine(all_envs: dict[str, Env]) -> dict[str, Any]:
         "commit": _output(["git", "rev-parse", "--short", "HEAD"])
         + ("" if dirty in ("", "not found") else " (with uncommitted changes)"),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_before": os.getloadavg()[0],
     }
 
 
@@ -512,6 +513,7 @@ def run_all(old_python: str, sizes: Sizes, quick: bool) -> dict[str, Any]:
         sizes,
     )
     results["seconds"] = time.monotonic() - started
+    results["machine"]["load_after"] = os.getloadavg()[0]
     step("done")
     return results
 
