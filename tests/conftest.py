@@ -8,6 +8,7 @@ from typing import Any
 import httpx2
 import pytest
 from fastapi import FastAPI
+from starlette.types import Message, Scope
 
 from fastapi_tasks import TaskManager, add_tasks
 
@@ -25,6 +26,28 @@ async def serving(app: FastAPI) -> AsyncGenerator[httpx2.AsyncClient, None]:
         client = httpx2.AsyncClient(transport=transport, base_url="http://test")
         async with client:
             yield client
+
+
+def http_scope(path: str = "/") -> Scope:
+    """A minimal HTTP scope, for calling an app directly with a send of our own."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "scheme": "http",
+        "query_string": b"",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+async def receive_empty_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 class Recorder:

@@ -17,7 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from fastapi_tasks import TaskManager, Tasks, TaskState
 
-from .conftest import Recorder, serving
+from .conftest import Recorder, http_scope, receive_empty_body, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -105,26 +105,9 @@ async def test_failed_send_runs_after_route_but_not_after_response(
     async def broken_send(message: Message) -> None:
         raise OSError("client went away")
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    scope: Scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "path": "/",
-        "raw_path": b"/",
-        "root_path": "",
-        "scheme": "http",
-        "query_string": b"",
-        "headers": [],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
     async with app.router.lifespan_context(app):
         with pytest.raises(OSError, match="client went away"):
-            await app(scope, receive, broken_send)
+            await app(http_scope(), receive_empty_body, broken_send)
         await manager.join(5)
     assert recorder.events == ["route", "must run"]
     assert manager.stats.discarded == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocketDisconnect
 
 from ._dependency import SCOPE_KEY, RequestTasks
 from ._manager import TaskManager, current_manager
@@ -33,6 +34,9 @@ class TasksMiddleware:
         token = current_manager.set(self.manager)
         try:
             await self.app(scope, receive, tasks.send if kind == "http" else send)
+        except WebSocketDisconnect:
+            tasks.end(failed=False)  # the client left: the socket is closed, nothing failed
+            raise
         except BaseException:
             tasks.end(failed=True)
             raise

@@ -3,7 +3,7 @@
 ``schedule()`` runs on the request path, so the common case (a plain function or a
 bound method) is answered from a cache keyed by the code object, which is shared by
 every closure made from the same ``def`` and so cannot grow without bound. Anything
-unusual falls back to :mod:`inspect`, which also words every error message.
+unusual falls back to ``inspect``, which also words every error message.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ class _Shape:
     """What a plain function's signature accepts, read from its code object."""
 
     __slots__ = (
-        "flags",
+        "async_generator",
         "index",
+        "is_async",
         "kwonly",
         "kwrequired",
         "npos",
@@ -40,7 +41,9 @@ class _Shape:
         code = fn.__code__
         npos = code.co_argcount
         names = code.co_varnames
-        self.flags = code.co_flags
+        flags = code.co_flags
+        self.is_async = bool(flags & _CO_COROUTINE)
+        self.async_generator = bool(flags & _CO_ASYNC_GENERATOR)
         self.npos = npos
         self.posonly = code.co_posonlyargcount
         self.posnames = names[:npos]
@@ -49,12 +52,14 @@ class _Shape:
         self.kwonly = frozenset(names[npos : npos + code.co_kwonlyargcount])
         kwdefaults = fn.__kwdefaults__ or {}
         self.kwrequired = tuple(name for name in self.kwonly if name not in kwdefaults)
-        self.varargs = bool(self.flags & _CO_VARARGS)
-        self.varkw = bool(self.flags & _CO_VARKEYWORDS)
+        self.varargs = bool(flags & _CO_VARARGS)
+        self.varkw = bool(flags & _CO_VARKEYWORDS)
 
     def accepts(self, given: int, kwargs: Mapping[str, Any]) -> bool:
         if given > self.npos and not self.varargs:
             return False
+        if not kwargs:  # the common case, kept short: it runs on every schedule()
+            return given >= self.required and not self.kwrequired
         for i in range(given, self.required):
             if i < self.posonly or self.posnames[i] not in kwargs:
                 return False
@@ -74,10 +79,8 @@ class _Shape:
 _shapes: dict[CodeType, _Shape] = {}
 
 
-def _shape(fn: FunctionType) -> _Shape:
-    shape = _shapes.get(fn.__code__)
-    if shape is None:
-        shape = _shapes[fn.__code__] = _Shape(fn)
+def _new_shape(fn: FunctionType) -> _Shape:
+    shape = _shapes[fn.__code__] = _Shape(fn)
     return shape
 
 
@@ -85,8 +88,8 @@ def _describe(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def _reject_binding(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Raise the ``TypeError`` that calling ``fn(*args, **kwargs)`` would raise."""
+def _check_binding(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Raise the ``TypeError`` that calling ``fn(*args, **kwargs)`` would raise, if any."""
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):  # no signature to check against (some builtins)
@@ -97,13 +100,22 @@ def _reject_binding(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
         raise TypeError(f"cannot schedule {_describe(fn)}: {exc}") from None
 
 
-def _flags_say_async(flags: int, fn: object) -> bool:
-    if flags & _CO_ASYNC_GENERATOR:
-        raise TypeError(
-            f"cannot schedule {_describe(fn)}: it is an async generator function; "
-            "schedule a coroutine function or a plain function"
-        )
-    return bool(flags & _CO_COROUTINE)
+def _reject(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """The code object says the call cannot work; let inspect word why."""
+    _check_binding(fn, args, kwargs)
+    # inspect accepted it (a __signature__ override, or Python 3.13's binder letting
+    # a positional-only name slip into **kwargs), but the real call would fail.
+    raise TypeError(
+        f"cannot schedule {_describe(fn)}: these arguments do not fit its parameters "
+        f"({len(args)} positional, keywords {sorted(kwargs)})"
+    )
+
+
+def _refuse_async_generator(fn: object) -> None:
+    raise TypeError(
+        f"cannot schedule {_describe(fn)}: it is an async generator function; "
+        "schedule a coroutine function or a plain function"
+    )
 
 
 def is_async_callable(fn: object) -> bool:
@@ -124,17 +136,16 @@ def check_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> boo
     that do not bind to the signature.
     """
     kind = type(fn)
-    if kind is FunctionType:
-        shape = _shape(fn)  # type: ignore[arg-type]
-        if not shape.accepts(len(args), kwargs):
-            _reject_binding(fn, args, kwargs)  # type: ignore[arg-type]
-        return _flags_say_async(shape.flags, fn)
-    if kind is MethodType and type(fn.__func__) is FunctionType:  # type: ignore[attr-defined]
-        func: FunctionType = fn.__func__  # type: ignore[attr-defined]
-        shape = _shape(func)
-        if not shape.accepts(len(args) + 1, kwargs):
-            _reject_binding(fn, args, kwargs)  # type: ignore[arg-type]
-        return _flags_say_async(shape.flags, fn)
+    if kind is FunctionType or (kind is MethodType and type(fn.__func__) is FunctionType):  # type: ignore[attr-defined]
+        func: FunctionType = fn if kind is FunctionType else fn.__func__  # type: ignore[assignment,attr-defined]
+        shape = _shapes.get(func.__code__) or _new_shape(func)
+        if not shape.accepts(len(args) + (kind is MethodType), kwargs):
+            _reject(fn, args, kwargs)  # type: ignore[arg-type]
+        if func.__dict__:  # functools.wraps or a __signature__: inspect knows the real one
+            _check_binding(fn, args, kwargs)  # type: ignore[arg-type]
+        if shape.async_generator:
+            _refuse_async_generator(fn)
+        return shape.is_async
     if inspect.iscoroutine(fn):
         fn.close()
         raise TypeError(
@@ -143,10 +154,10 @@ def check_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> boo
         )
     if not callable(fn):
         raise TypeError(f"schedule() needs a callable, got {fn!r} of type {kind.__qualname__}")
-    _reject_binding(fn, args, kwargs)
+    _check_binding(fn, args, kwargs)
     target: object = fn
     while isinstance(target, functools.partial):
         target = target.func
     if inspect.isasyncgenfunction(target):
-        _flags_say_async(_CO_ASYNC_GENERATOR, fn)
+        _refuse_async_generator(fn)
     return is_async_callable(fn)

@@ -29,7 +29,7 @@ _UNSET: Any = _Unset()
 
 
 class TaskOptions(TypedDict, total=False):
-    """Keyword options accepted by ``task(...)``; see :class:`TaskConfig`."""
+    """Keyword options accepted by ``task(...)``; see [`TaskConfig`][fastapi_tasks.TaskConfig]."""
 
     name: str | None
     shield: bool | None
@@ -38,7 +38,7 @@ class TaskOptions(TypedDict, total=False):
     retries: int | None
     retry_delay: float | None
     retry_backoff: float | None
-    retry_on: tuple[type[BaseException], ...] | None
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None
     limiter: anyio.CapacityLimiter | None
     run_on_failure: bool | None
 
@@ -73,6 +73,10 @@ class TaskConfig:
         limiter: An ``anyio.CapacityLimiter`` the work holds while it runs.
         run_on_failure: After-route or after-response work that still runs when
             the endpoint raised or the response could not be completed.
+
+    Derive configs with [`merge()`][fastapi_tasks.TaskConfig.merge] (or ``task(...)``),
+    not ``dataclasses.replace()``: ``replace`` passes every field back in, so all of
+    them would count as given and override what they should inherit.
     """
 
     name: str | None = _UNSET
@@ -82,7 +86,7 @@ class TaskConfig:
     retries: int | None = _UNSET
     retry_delay: float | None = _UNSET
     retry_backoff: float | None = _UNSET
-    retry_on: tuple[type[BaseException], ...] | None = _UNSET
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = _UNSET
     limiter: anyio.CapacityLimiter | None = _UNSET
     run_on_failure: bool | None = _UNSET
     _given: frozenset[str] = dataclasses.field(
@@ -129,11 +133,6 @@ class TaskConfig:
         values = {name: getattr(self, name) for name in self._given}
         values.update({name: getattr(other, name) for name in other._given})
         return TaskConfig(**values)
-
-    @property
-    def is_plain(self) -> bool:
-        """True when no timeout, retry or limiter changes how the work runs."""
-        return self._plain
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(TaskConfig) if f.init)

@@ -48,7 +48,7 @@ class Batch(Scheduler):
         is_async: bool,
         config: TaskConfig,
     ) -> Task[Any]:
-        task = self._request._manager.new_task(func, args, kwargs, is_async, config, self._mode)
+        task = self._request._manager._new_task(func, args, kwargs, is_async, config, self._mode)
         self._request._defer(task)
         return task
 
@@ -131,14 +131,14 @@ class RequestTasks(Scheduler):
     def _defer(self, task: Task[Any]) -> None:
         if task.mode == "after_route":
             if self._route_passed:
-                self._manager.release_threadsafe(task)
+                self._manager._release_threadsafe(task)
                 return
             if self._after_route is None:
                 self._after_route = []
             self._after_route.append(task)
         else:
             if self._response_passed:
-                self._manager.release_threadsafe(task)
+                self._manager._release_threadsafe(task)
                 return
             if self._after_response is None:
                 self._after_response = []
@@ -152,14 +152,14 @@ class RequestTasks(Scheduler):
         self._after_route = None
         self._route_passed = True
         if waiting:
-            self._manager.release_all(waiting, failed, "the endpoint raised")
+            self._manager._release_all(waiting, failed, "the endpoint raised")
 
     def _release_response(self, failed: bool, reason: str) -> None:
         waiting = self._after_response
         self._after_response = None
         self._response_passed = True
         if waiting:
-            self._manager.release_all(waiting, failed, reason)
+            self._manager._release_all(waiting, failed, reason)
 
     async def _endpoint_exited(
         self,
@@ -177,7 +177,7 @@ class RequestTasks(Scheduler):
                 if task.config.run_on_failure:
                     keep.append(task)
                 elif task.state is TaskState.PENDING:
-                    self._manager.discard(task, "the endpoint raised")
+                    self._manager._discard(task, "the endpoint raised")
             self._after_response = keep
 
     # -- the send hook ----------------------------------------------------------
@@ -185,6 +185,15 @@ class RequestTasks(Scheduler):
     def send(self, message: Message) -> Awaitable[None]:
         """The ``send`` the app below us gets; a pass-through while no work waits."""
         if not self._after_route and not self._after_response:
+            # Still note how far the response got: work scheduled later (from a
+            # streaming body, say) must know whether the response was completed.
+            kind = message["type"]
+            if kind == "http.response.start":
+                self._stage = _STARTED
+            elif (kind == "http.response.body" and not message.get("more_body", False)) or (
+                kind == "http.response.pathsend"
+            ):
+                self._stage = _COMPLETE
             return self._send(message)
         return self._send_watched(message)
 
@@ -197,6 +206,14 @@ class RequestTasks(Scheduler):
         ):
             try:
                 await self._send(message)
+            except self._manager._cancelled_exc:
+                # The app's own cancel scope stopped the send, not the transport: a
+                # server only reports the disconnect Starlette listens for once it is
+                # done writing (hypercorn does so inside this very send). A transport
+                # that failed to write raises an error instead (below).
+                self._stage = _COMPLETE
+                self._release_response(False, "")
+                raise
             except BaseException:
                 self._stage = _BROKEN
                 raise

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar, overload
 
@@ -25,6 +26,7 @@ from ._task import (
     TaskMode,
     TaskState,
 )
+from ._threads import ThreadJob
 from .errors import FastAPITasksClosedError, FastAPITasksError, FastAPITasksNotStartedError
 
 __all__ = ["Scheduler", "TaskManager", "TaskStats", "current_manager"]
@@ -54,8 +56,17 @@ def _check_int(name: str, value: object) -> None:
 class TaskStats:
     """A snapshot of a manager's counters.
 
-    ``pending`` and ``running`` are the live tasks right now; the other fields
-    count tasks that ended in that state since the manager was created.
+    Attributes:
+        scheduled: Tasks handed to the manager since it was created.
+        pending: Tasks that have not started: waiting for their request's moment,
+            for a free slot (``max_concurrency``), or for the event loop.
+        running: Live tasks whose first attempt has begun.
+        succeeded: Tasks that returned.
+        failed: Tasks whose last attempt raised.
+        cancelled: Tasks cancelled by ``cancel()`` or at shutdown.
+        discarded: After-route or after-response work that never started because
+            its request failed or its response could not be completed.
+        retries: Retries made, over all tasks.
     """
 
     scheduled: int
@@ -93,16 +104,39 @@ class Scheduler:
     @overload
     def schedule(self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Task[R]: ...
     def schedule(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Task[Any]:
-        """Schedule ``func(*args, **kwargs)`` and return its :class:`Task` handle.
+        """Schedule ``func(*args, **kwargs)`` and return its [`Task`][fastapi_tasks.Task] handle.
 
-        Raises ``TypeError`` at once when ``func`` is not callable, is a coroutine
-        object, or the arguments do not fit its signature.
+        Args:
+            func: A coroutine function (runs on the event loop) or a plain function
+                (runs in one of the manager's worker threads).
+            *args: Positional arguments for ``func``.
+            **kwargs: Keyword arguments for ``func``.
+
+        Returns:
+            The handle of the scheduled work.
+
+        Raises:
+            TypeError: ``func`` is not callable, is a coroutine object, or the
+                arguments do not fit its signature. Nothing is scheduled.
+            FastAPITasksNotStartedError: The app's lifespan has not started.
+            FastAPITasksClosedError: The app's shutdown has begun.
         """
         is_async = check_call(func, args, kwargs)
         return self._accept(func, args, kwargs, is_async, self._default_config())
 
     def task(self, **options: Unpack[TaskOptions]) -> ConfiguredScheduler:
-        """Return a scheduler whose work runs with ``options`` merged over the defaults."""
+        """Return a scheduler whose work runs with ``options`` merged over the defaults.
+
+        Args:
+            **options: Any field of [`TaskConfig`][fastapi_tasks.TaskConfig]; a field
+                given as ``None`` switches an inherited value off.
+
+        Returns:
+            A scheduler with the same ``schedule()`` and ``task()``.
+
+        Raises:
+            ValueError: An option value is invalid.
+        """
         return ConfiguredScheduler(self, self._default_config().merge(TaskConfig(**options)))
 
 
@@ -145,22 +179,23 @@ class TaskManager(Scheduler):
     __slots__ = (
         "__weakref__",
         "_active",
+        "_cancelled_exc",
         "_config",
         "_counts",
+        "_deferred",
         "_idle",
         "_live",
         "_max_concurrency",
         "_max_threads",
         "_phase",
+        "_pool",
         "_retries",
         "_runner",
         "_scheduled",
+        "_shield_warning_interval",
         "_shutdown_timeout",
-        "_thread_limiter",
+        "_tracer",
         "_waiting",
-        "broker",
-        "cancelled_exc",
-        "shield_warning_interval",
     )
 
     def __init__(
@@ -170,7 +205,6 @@ class TaskManager(Scheduler):
         max_concurrency: int | None = None,
         max_threads: int = 40,
         shutdown_timeout: float = 0.0,
-        broker: object | None = None,
     ) -> None:
         _check_type("config", config, TaskConfig)
         if max_concurrency is not None:
@@ -181,19 +215,20 @@ class TaskManager(Scheduler):
         self._max_concurrency = max_concurrency
         self._max_threads = max_threads
         self._shutdown_timeout = float(shutdown_timeout)
-        self.broker = broker
         self._runner: Runner | None = None
         self._phase: _Phase = "new"
-        self._live: dict[Task[Any], None] = {}
+        self._live: dict[Task[Any], None] = {}  # handed over: pending or running
+        self._deferred: dict[Task[Any], None] = {}  # waiting for their request's moment
         self._waiting: deque[Task[Any]] = deque()
         self._active = 0
         self._scheduled = 0
         self._retries = 0
         self._counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self._idle: Event | None = None
-        self._thread_limiter: anyio.CapacityLimiter | None = None
-        self.cancelled_exc: type[BaseException] = BaseException
-        self.shield_warning_interval = 5.0
+        self._pool: ThreadPoolExecutor | None = None
+        self._cancelled_exc: type[BaseException] = BaseException
+        self._tracer: Any = None
+        self._shield_warning_interval = 5.0
 
     def __repr__(self) -> str:
         return f"<TaskManager {self._phase} live={len(self._live)}>"
@@ -218,11 +253,11 @@ class TaskManager(Scheduler):
     @property
     def stats(self) -> TaskStats:
         """Counters by state, retries and discarded work."""
-        running = sum(1 for task in self._live if task.attempts)
+        running = sum(1 for task in list(self._live) if task.attempts)
         counts = self._counts
         return TaskStats(
             scheduled=self._scheduled,
-            pending=len(self._live) - running,
+            pending=len(self._live) - running + len(self._deferred),
             running=running,
             succeeded=counts[SUCCEEDED],
             failed=counts[TaskState.FAILED],
@@ -234,22 +269,40 @@ class TaskManager(Scheduler):
     async def join(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - SPEC API
         """Wait until no work is pending or running, error handlers included.
 
-        Work scheduled while waiting is waited for too. Raises ``TimeoutError``
-        when ``timeout`` seconds pass first.
+        Work scheduled while waiting is waited for too, and so is after-route and
+        after-response work of requests still in flight.
+
+        Args:
+            timeout: Seconds to wait at most; ``None`` waits as long as it takes.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
         """
         with anyio.fail_after(timeout):
-            while self._live:
-                if self._idle is None:
-                    self._idle = self.new_event()
-                await self._idle.wait()
+            await self._wait_idle(include_deferred=True)
+
+    async def _wait_idle(self, include_deferred: bool) -> None:
+        while self._live or (include_deferred and self._deferred):
+            if self._idle is None:
+                self._idle = self._new_event()
+            await self._idle.wait()
 
     def join_blocking(self, timeout: float | None = None) -> None:
-        """Blocking twin of :meth:`join` for sync code, e.g. tests using ``TestClient``.
+        """Blocking twin of [`join()`][fastapi_tasks.TaskManager.join] for sync code.
 
-        It must be called from another thread than the event loop's.
+        For tests that use ``TestClient``: it must be called from another thread
+        than the event loop's. Returns at once when the manager is not running.
+
+        Args:
+            timeout: Seconds to wait at most; ``None`` waits as long as it takes.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+            RuntimeError: Called on the event loop's own thread, where it would
+                block the loop it waits for.
         """
         runner = self._runner
-        if runner is None or not self._live:
+        if runner is None or not (self._live or self._deferred):
             return
         if runner.in_loop_thread():
             raise RuntimeError("join_blocking() would block the event loop; use 'await join()'")
@@ -268,7 +321,7 @@ class TaskManager(Scheduler):
             )
         return FastAPITasksClosedError("cannot schedule work: the app is shutting down")
 
-    def new_task(
+    def _new_task(
         self,
         func: Callable[..., Any],
         args: tuple[Any, ...],
@@ -277,10 +330,18 @@ class TaskManager(Scheduler):
         config: TaskConfig,
         mode: TaskMode,
     ) -> Task[Any]:
-        """Create a pending task for later release; raises if the manager is not running."""
+        """Create a pending task for later release; raises if the manager is not running.
+
+        ``join()`` waits for it from now on, also while its moment has not come
+        yet (a response still being sent).
+        """
         if self._phase != "running":
             raise self._refusal()
-        return Task(self, func, args, kwargs, config, mode, is_async, contextvars.copy_context())
+        task: Task[Any] = Task(
+            self, func, args, kwargs, config, mode, is_async, contextvars.copy_context()
+        )
+        self._deferred[task] = None
+        return task
 
     def _accept(
         self,
@@ -300,40 +361,47 @@ class TaskManager(Scheduler):
             task = Task(
                 self, func, args, kwargs, config, "immediate", is_async, contextvars.copy_context()
             )
-            runner.call_soon_threadsafe(self.release, task)
+            # Live from now on, so a join() racing with the hand-over still waits for it.
+            self._live[task] = None
+            runner.call_soon_threadsafe(self._release, task)
         return task
 
-    def release(self, task: Task[Any]) -> None:
+    def _release(self, task: Task[Any]) -> None:
         """Hand a task that was accepted earlier to the runner (event loop thread only)."""
         if task.state is not TaskState.PENDING:
             return  # cancelled while it waited for its moment
         if self._phase != "running":
-            self.discard(task, "the app was shutting down")
+            self._discard(task, "the app was shutting down")
             return
         self._admit(task)
 
-    def release_threadsafe(self, task: Task[Any]) -> None:
-        """:meth:`release` from any thread."""
+    def _release_threadsafe(self, task: Task[Any]) -> None:
+        """``release()`` from any thread."""
         runner = self._runner
         if runner is not None and not runner.in_loop_thread():
-            runner.call_soon_threadsafe(self.release, task)
+            runner.call_soon_threadsafe(self._release, task)
         else:
-            self.release(task)
+            self._release(task)
 
-    def release_all(self, tasks: Iterable[Task[Any]], failed: bool, reason: str) -> None:
-        """Release a batch; if ``failed``, only ``run_on_failure`` work runs; the rest is dropped."""
+    def _release_all(self, tasks: Iterable[Task[Any]], failed: bool, reason: str) -> None:
+        """Release a batch; if ``failed`` only ``run_on_failure`` work runs, the rest is dropped."""
         for task in tasks:
             if failed and not task.config.run_on_failure:
                 if task.state is TaskState.PENDING:
-                    self.discard(task, reason)
+                    self._discard(task, reason)
             else:
-                self.release(task)
+                self._release(task)
 
     def _admit(self, task: Task[Any]) -> None:
+        self._deferred.pop(task, None)
         self._live[task] = None
         self._scheduled += 1
         limit = self._max_concurrency
         if limit is not None and self._active >= limit:
+            if task._context is None:
+                # It starts later, from whichever task frees a slot: keep the
+                # scheduler's contextvars (and tracing parent) with it.
+                task._context = contextvars.copy_context()
             self._waiting.append(task)
             return
         self._start(task)
@@ -343,12 +411,11 @@ class TaskManager(Scheduler):
         self._active += 1
         self._runner.start(task)  # type: ignore[union-attr]
 
-    def discard(self, task: Task[Any], reason: str) -> None:
+    def _discard(self, task: Task[Any], reason: str) -> None:
         """End a task that never started (its request failed): counted and logged."""
         task.state = DISCARDED
         self._counts[DISCARDED] += 1
-        if task._done is not None:
-            task._done.set()
+        self._forget(task)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "discarded task %s (id %s, %s): %s",
@@ -359,30 +426,58 @@ class TaskManager(Scheduler):
                 extra=task._log_extra(),
             )
 
+    def _forget(self, task: Task[Any]) -> None:
+        self._live.pop(task, None)
+        self._deferred.pop(task, None)
+        if task._done is not None:
+            task._done.set()
+        if not self._live and self._idle is not None:
+            self._idle.set()
+            self._idle = None
+
     # -- what tasks need from their host ---------------------------------------
 
-    def new_event(self) -> Event:
+    def _new_event(self) -> Event:
         if self._runner is None:
             return anyio.Event()
         return self._runner.new_event()
 
-    async def run_sync(self, func: Callable[[], Any]) -> Any:
-        return await anyio.to_thread.run_sync(
-            func, limiter=self._thread_limiter, abandon_on_cancel=True
-        )
+    async def _run_in_thread(
+        self,
+        func: Callable[[], Any],
+        owner: Task[Any],
+        limiter: anyio.CapacityLimiter | None = None,
+        time_limit: float | None = None,
+    ) -> Any:
+        runner, pool = self._runner, self._pool
+        # Only tasks of a running manager get here.
+        assert runner is not None
+        assert pool is not None
+        job = ThreadJob(runner, limiter)
+        try:
+            return await job.call(pool, func, time_limit)
+        except BaseException:
+            if job.abandoned:
+                owner._busy_thread = job.finished
+                logger.warning(
+                    "sync task %s (id %s) is still running in its thread and was abandoned; "
+                    "its thread stays busy until it returns, and its result will be dropped",
+                    owner.name,
+                    owner.id,
+                    extra=owner._log_extra(),
+                )
+            raise
 
-    async def sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
 
-    def count_retry(self) -> None:
+    def _count_retry(self) -> None:
         self._retries += 1
 
-    def finish(self, task: Task[Any], state: TaskState) -> None:
+    def _finish(self, task: Task[Any], state: TaskState) -> None:
         task.state = state
         self._counts[state] += 1
-        self._live.pop(task, None)
-        if task._done is not None:
-            task._done.set()
+        self._forget(task)
         if task._admitted:
             self._active -= 1
             waiting = self._waiting
@@ -390,30 +485,38 @@ class TaskManager(Scheduler):
                 queued = waiting.popleft()
                 if queued.state is TaskState.PENDING:
                     self._start(queued)
-        if not self._live and self._idle is not None:
-            self._idle.set()
-            self._idle = None
         if state is SUCCEEDED and logger.isEnabledFor(logging.DEBUG):
             logger.debug("task %s (id %s) succeeded", task.name, task.id, extra=task._log_extra())
 
     # -- lifespan ---------------------------------------------------------------
 
     @asynccontextmanager
-    async def lifespan(self) -> AsyncGenerator[None, None]:
-        """Run the manager for the duration of the block (the app's lifespan)."""
+    async def lifespan(self, tracer: Any = None) -> AsyncGenerator[None, None]:
+        """Run the manager for the duration of the block (the app's lifespan).
+
+        ``tracer``, an OpenTelemetry tracer, gives each task a span of its own.
+        """
         if self._phase in ("running", "closing"):
             raise FastAPITasksError("this task manager is already running")
         async with open_runner() as runner:
             self._runner = runner
-            self.cancelled_exc = runner.cancelled_exc
-            self._thread_limiter = anyio.CapacityLimiter(self._max_threads)
+            self._cancelled_exc = runner.cancelled_exc
+            self._tracer = tracer
+            pool = self._pool = ThreadPoolExecutor(
+                self._max_threads, thread_name_prefix="fastapi-tasks"
+            )
             self._phase = "running"
             token = current_manager.set(self)
             try:
                 yield
             finally:
                 current_manager.reset(token)
-                await self.aclose()
+                try:
+                    await self.aclose()
+                finally:
+                    # Queued calls are dropped; a thread still running is left to finish.
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = None
 
     async def aclose(self) -> None:
         """Shut down: refuse new work, drain for ``shutdown_timeout``, cancel, wait for shielded."""
@@ -424,16 +527,16 @@ class TaskManager(Scheduler):
         try:
             if self._live and self._shutdown_timeout > 0:
                 with anyio.move_on_after(self._shutdown_timeout):
-                    await self.join()
+                    await self._wait_idle(include_deferred=False)
             for task in list(self._live):
                 if not task.config.shielded:
                     task.cancel()
             while self._live:
-                with anyio.move_on_after(self.shield_warning_interval):
-                    await self.join()
+                with anyio.move_on_after(self._shield_warning_interval):
+                    await self._wait_idle(include_deferred=False)
                 if self._live:
                     logger.warning(
-                        "shutdown is waiting for %d shielded task(s): %s",
+                        "shutdown is waiting for %d task(s) that must finish first: %s",
                         len(self._live),
                         ", ".join(f"{task.name} (id {task.id})" for task in self._live),
                     )

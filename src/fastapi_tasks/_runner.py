@@ -26,7 +26,7 @@ class Runner(Protocol):
     cancelled_exc: type[BaseException]
 
     def in_loop_thread(self) -> bool: ...
-    def call_soon_threadsafe(self, func: Callable[[Task[Any]], None], task: Task[Any]) -> None: ...
+    def call_soon_threadsafe(self, func: Callable[..., object], *args: Any) -> None: ...
     def start(self, task: Task[Any]) -> None: ...
     def new_event(self) -> Event: ...
     def run_blocking(self, func: Callable[[], Coroutine[Any, Any, T]]) -> T: ...
@@ -44,8 +44,8 @@ class AsyncioRunner:
     def in_loop_thread(self) -> bool:
         return threading.get_ident() == self._thread
 
-    def call_soon_threadsafe(self, func: Callable[[Task[Any]], None], task: Task[Any]) -> None:
-        self._loop.call_soon_threadsafe(func, task)
+    def call_soon_threadsafe(self, func: Callable[..., object], *args: Any) -> None:
+        self._loop.call_soon_threadsafe(func, *args)
 
     def start(self, task: Task[Any]) -> None:
         context = task._context
@@ -85,8 +85,8 @@ class AnyioRunner:
     def in_loop_thread(self) -> bool:
         return threading.get_ident() == self._thread
 
-    def call_soon_threadsafe(self, func: Callable[[Task[Any]], None], task: Task[Any]) -> None:
-        self._token.run_sync_soon(func, task)
+    def call_soon_threadsafe(self, func: Callable[..., object], *args: Any) -> None:
+        self._token.run_sync_soon(func, *args)
 
     def start(self, task: Task[Any]) -> None:
         ticket = self._tickets

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextvars
 import enum
 import functools
+import inspect
 import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Generic, Literal, Protocol, TypeVar, cast
+from collections.abc import Callable
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import anyio
 
@@ -64,13 +65,20 @@ class _Cancellable(Protocol):
 class Host(Protocol):
     """What a task needs from the manager that runs it."""
 
-    cancelled_exc: type[BaseException]
+    _cancelled_exc: type[BaseException]
+    _tracer: Any
 
-    def new_event(self) -> Event: ...
-    async def run_sync(self, func: Callable[[], Any]) -> Any: ...
-    async def sleep(self, seconds: float) -> None: ...
-    def count_retry(self) -> None: ...
-    def finish(self, task: Task[Any], state: TaskState) -> None: ...
+    def _new_event(self) -> Event: ...
+    async def _run_in_thread(
+        self,
+        func: Callable[[], Any],
+        owner: Task[Any],
+        limiter: anyio.CapacityLimiter | None = None,
+        time_limit: float | None = None,
+    ) -> Any: ...
+    async def _sleep(self, seconds: float) -> None: ...
+    def _count_retry(self) -> None: ...
+    def _finish(self, task: Task[Any], state: TaskState) -> None: ...
 
 
 _ids = itertools.count(1)
@@ -92,12 +100,13 @@ class Task(Generic[R]):
         config: The merged options it runs with.
         id: Unique within the process, increasing in scheduling order.
         mode: ``"immediate"``, ``"after_route"`` or ``"after_response"``.
-        state: Where it is in its life cycle (:class:`TaskState`).
+        state: Where it is in its life cycle ([`TaskState`][fastapi_tasks.TaskState]).
         attempts: How many attempts have started so far.
     """
 
     __slots__ = (
         "_admitted",
+        "_busy_thread",
         "_context",
         "_done",
         "_exception",
@@ -141,6 +150,7 @@ class Task(Generic[R]):
         self._context = context
         self._handle: _Cancellable | None = None
         self._admitted = False
+        self._busy_thread: Event | None = None
         self._result: Any = None
         self._exception: BaseException | None = None
         self._started: Event | None = None
@@ -163,10 +173,14 @@ class Task(Generic[R]):
 
     @property
     def started(self) -> Event:
-        """An event that is set once the work started running (``await task.started.wait()``)."""
+        """An event set when the first attempt begins (``await task.started.wait()``).
+
+        The attempt may then still wait for its ``limiter`` or a worker thread
+        before the function itself is called.
+        """
         event = self._started
         if event is None:
-            event = self._started = self._host.new_event()
+            event = self._started = self._host._new_event()
             if self.state is not PENDING and self.attempts:
                 event.set()
         return event
@@ -186,7 +200,7 @@ class Task(Generic[R]):
         if self.done:
             return
         if self._done is None:
-            self._done = self._host.new_event()
+            self._done = self._host._new_event()
         await self._done.wait()
 
     def cancel(self) -> bool:
@@ -199,68 +213,61 @@ class Task(Generic[R]):
         if self.done:
             return False
         if self.state is PENDING:
-            self._host.finish(self, CANCELLED)
+            self._host._finish(self, CANCELLED)
         if self._handle is not None:
             self._handle.cancel()
         return True
 
     async def __call__(self) -> R:
         """Run the function once more, now, in the caller's task, and return its result."""
-        if self._is_async:
-            return await self.func(*self.args, **self.kwargs)  # type: ignore[no-any-return]
-        return await self._call_sync()  # type: ignore[no-any-return]
-
-    async def _call_sync(self) -> Any:
-        call = functools.partial(self.func, *self.args, **self.kwargs)
-        try:
-            result = await self._host.run_sync(call)
-        except self._host.cancelled_exc:
-            logger.warning(
-                "sync task %s (id %s) is still running in its thread and was abandoned; "
-                "its result will be dropped",
-                self.name,
-                self.id,
-                extra=self._log_extra(),
-            )
-            raise
-        if isinstance(result, Awaitable):
-            awaitable = cast("Awaitable[Any]", result)
-            # A plain function that returned an awaitable (e.g. a sync wrapper
-            # around a coroutine function): finish the work on the event loop.
-            return await awaitable
-        return result
+        return await self._call_once()  # type: ignore[no-any-return]
 
     async def _call_once(self) -> Any:
         if self._is_async:
             return await self.func(*self.args, **self.kwargs)
-        return await self._call_sync()
+        return await self._call_sync(None, None)
 
-    async def _call_timed(self) -> Any:
+    async def _call_sync(
+        self, limiter: anyio.CapacityLimiter | None, time_limit: float | None
+    ) -> Any:
+        call = functools.partial(self.func, *self.args, **self.kwargs)
+        result = await self._host._run_in_thread(call, self, limiter, time_limit)
+        if inspect.isawaitable(result):
+            # A plain function that returned an awaitable (e.g. a sync wrapper
+            # around a coroutine function): finish the work on the event loop.
+            return await result
+        return result
+
+    async def _attempt(self) -> Any:
+        """One attempt with the options: limiter held, timeout counted, while it runs."""
         config = self.config
+        if not self._is_async:
+            # The thread keeps the limiter until it returns, even past a timeout.
+            return await self._call_sync(config.limiter, config.timeout)
         if config.limiter is None:
-            return await self._call_limited()
+            return await self._call_async_timed()
         async with config.limiter:
-            return await self._call_limited()
+            return await self._call_async_timed()
 
-    async def _call_limited(self) -> Any:
+    async def _call_async_timed(self) -> Any:
         if self.config.timeout is None:
-            return await self._call_once()
+            return await self.func(*self.args, **self.kwargs)
         with anyio.fail_after(self.config.timeout):
-            return await self._call_once()
+            return await self.func(*self.args, **self.kwargs)
 
     async def _call_with_policy(self) -> Any:
         config = self.config
         retries = config.retries or 0
         while True:
             try:
-                return await self._call_timed()
+                return await self._attempt()
             except Exception as exc:
                 if self.attempts > retries or (
                     config.retry_on is not None and not isinstance(exc, config.retry_on)
                 ):
                     raise
-                wait = self.retry_wait()
-                self._host.count_retry()
+                wait = self._retry_wait()
+                self._host._count_retry()
                 logger.warning(
                     "task %s (id %s) attempt %d failed with %r; retrying in %.3fs",
                     self.name,
@@ -270,10 +277,15 @@ class Task(Generic[R]):
                     wait,
                     extra=self._log_extra(),
                 )
-                await self._host.sleep(wait)
+                await self._host._sleep(wait)
+                busy = self._busy_thread
+                if busy is not None:
+                    # Never overlap the previous attempt: it still runs in its thread.
+                    self._busy_thread = None
+                    await busy.wait()
                 self.attempts += 1
 
-    def retry_wait(self) -> float:
+    def _retry_wait(self) -> float:
         """Seconds to wait before the next retry: delay x backoff^(n-1), with +/-20% jitter."""
         config = self.config
         base = (config.retry_delay or 0.0) * (config.retry_backoff or 1.0) ** (self.attempts - 1)
@@ -283,6 +295,16 @@ class Task(Generic[R]):
         """Run the work to its final state; called once, by the runner."""
         if self.state is not PENDING:  # cancelled before it began
             return
+        tracer = self._host._tracer
+        if tracer is None:
+            await self._run_to_the_end()
+            return
+        from ._otel import task_span
+
+        with task_span(tracer, self):
+            await self._run_to_the_end()
+
+    async def _run_to_the_end(self) -> None:
         self.state = RUNNING
         self.attempts = 1
         self._started_at = time.perf_counter()
@@ -296,12 +318,13 @@ class Task(Generic[R]):
                 self._result = await self._call_with_policy()
             state = SUCCEEDED
         except Exception as exc:
+            # The state stays RUNNING until on_error returned: until then the task
+            # can still be cancelled (at shutdown too), and wait() keeps waiting.
             state = FAILED
             self._exception = exc
-            self.state = FAILED
             await self._report_failure(exc)
         finally:
-            self._host.finish(self, state)
+            self._host._finish(self, state)
 
     def _log_extra(self) -> dict[str, object]:
         return {
@@ -329,8 +352,10 @@ class Task(Generic[R]):
             if is_async_callable(handler):
                 await handler(self, exc)  # type: ignore[misc]
             else:
-                outcome = await self._host.run_sync(functools.partial(handler, self, exc))
-                if isinstance(outcome, Awaitable):
+                outcome = await self._host._run_in_thread(
+                    functools.partial(handler, self, exc), self
+                )
+                if inspect.isawaitable(outcome):
                     await outcome
         except Exception:
             logger.exception(
