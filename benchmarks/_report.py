@@ -1,0 +1,505 @@
+"""Turn the results of ``benchmarks.run`` into ``docs/benchmarks.md``."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["render"]
+
+X = "\N{MULTIPLICATION SIGN}"
+TO = "\N{EN DASH}"
+MINUS = "\N{MINUS SIGN}"
+
+LABELS = {
+    "bare": "bare endpoint, no background work",
+    "depends": "one trivial FastAPI dependency, no background work",
+    "create_task": "that dependency + `loop.create_task(work())` (floor)",
+    "start_soon": "a dependency + anyio `task_group.start_soon(work)` (floor)",
+    "background": "`BackgroundTasks`, 1 async task",
+    "background-all": "`BackgroundTasks`, 3 async tasks",
+    "background-sync": "`BackgroundTasks`, 1 `def` task",
+    "library-none": "`add_tasks(app)`, endpoint without `Tasks`",
+    "library-unused": "`tasks: Tasks`, nothing scheduled",
+    "library-immediate": "`tasks.schedule(work)`",
+    "library-after_route": "`tasks.after_route.schedule(work)`",
+    "library-after_response": "`tasks.after_response.schedule(work)`",
+    "library-all": "all three modes, one task each",
+    "library-sync": "`tasks.schedule(def_work)`",
+}
+# The BackgroundTasks request doing the same amount of work as each variant.
+SAME_WORK = {
+    "library-all": "background-all",
+    "background-all": "background-all",
+    "library-sync": "background-sync",
+    "background-sync": "background-sync",
+}
+MODES = ("library-immediate", "library-after_route", "library-after_response")
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def _spread(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
+    """``median (min-max)`` of ``values`` times ``scale``."""
+    scaled = [value * scale for value in values]
+    median = f"{_median(scaled):,.{digits}f}"
+    if len(scaled) == 1:
+        return median
+    return f"{median} ({min(scaled):,.{digits}f}{TO}{max(scaled):,.{digits}f})"
+
+
+def _ratio(value: float, reference: float) -> str:
+    return f"{value / reference:.2f}{X}"
+
+
+def _shown(key: str, variant: str) -> bool:
+    """Whether a row appears: the other environment shows its library rows and its reference."""
+    return key == "current" or variant.startswith("library-") or variant == "background"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+class _Report:
+    def __init__(self, results: dict[str, Any]) -> None:
+        self.results = results
+        machine = results["machine"]
+        self.versions = {
+            key: env["packages"]["fastapi-tasks"] for key, env in machine["environments"].items()
+        }
+
+    def library(self, key: str) -> str:
+        suffix = " (this repo)" if key == "current" else " (PyPI wheel)"
+        return f"fastapi-tasks {self.versions[key]}{suffix}"
+
+    def label(self, key: str, variant: str) -> str:
+        if variant.startswith("library-"):
+            return f"{self.library(key)}: {LABELS[variant]}"
+        if key != "current":
+            return f"{LABELS[variant]} — in the 0.1.0 environment"
+        return LABELS[variant]
+
+    # -- (a) -------------------------------------------------------------------------------
+
+    def instructions(self, key: str, variant: str) -> list[float]:
+        values: list[float] = self.results["instructions"][key]["per_request"][variant]
+        return values
+
+    def instruction_ratio(self, key: str, variant: str, reference: str = "background") -> float:
+        return _median(self.instructions(key, variant)) / _median(self.instructions(key, reference))
+
+    def instructions_section(self) -> list[str]:
+        data = self.results["instructions"]
+        requests = data["current"]["requests"]
+        rows: list[list[str]] = []
+        noise: list[float] = []
+        for key, per_env in data.items():
+            base = per_env["baseline"]
+            noise.append(abs(base[0] - base[1]) / per_env["requests"])
+            for variant in per_env["per_request"]:
+                if not _shown(key, variant):
+                    continue
+                same = SAME_WORK.get(variant, "background")
+                rows.append(
+                    [
+                        self.label(key, variant),
+                        _spread(self.instructions(key, variant), 1e-3),
+                        f"{self.instruction_ratio(key, variant):.2f}{X}",
+                        f"{self.instruction_ratio(key, variant, same):.2f}{X}"
+                        + ("" if same == "background" else f" (vs {LABELS[same]})"),
+                    ]
+                )
+        lines = [
+            "## (a) Cost of one request over raw ASGI",
+            "",
+            "Each app is called directly with a prepared scope, `receive` and `send` (no sockets), "
+            "and the driver waits until the request's work ran. The measured route is the only "
+            "route of its app (no docs routes ahead of it). Every task is a no-op `async def` "
+            "(or `def`) that bumps a counter.",
+            "",
+            "### Instructions per request",
+            "",
+            "`valgrind --tool=cachegrind --cache-sim=no`; per request = (count at "
+            f"{requests:,} requests {MINUS} count at 0 requests) / {requests:,}. "
+            "Every process builds and warms up the same apps "
+            f"({data['current']['warmup']} requests each) before the measured requests, so the "
+            "two counts differ only by those requests (`PYTHONHASHSEED=0` in every process). "
+            "The baseline runs twice: the two differ by "
+            f"{max(noise):.0f} instructions per request at most (the min{TO}max below). Changing "
+            "any code moves the memory layout, and with it id-based hashing and allocation: "
+            "unrelated variants then move by up to about 1%, so compare versions of the "
+            "library by differences larger than that. Ratios use the `BackgroundTasks` request "
+            "measured in the same environment.",
+            "",
+        ]
+        lines += _table(
+            [
+                "variant",
+                "thousand instructions / request",
+                f"{X} `BackgroundTasks`, 1 task",
+                f"{X} `BackgroundTasks` doing the same work",
+            ],
+            rows,
+        )
+        return lines
+
+    def wall_section(self) -> list[str]:
+        data = self.results["inprocess"]["asgi"]
+        cyclic = self.results["inprocess"]["cyclic"]
+        reference = _median(data["current"]["background"])
+        rows: list[list[str]] = []
+        for key, per_env in data.items():
+            own = _median(per_env["background"])
+            for variant, values in per_env.items():
+                if not _shown(key, variant):
+                    continue
+                rows.append(
+                    [
+                        self.label(key, variant),
+                        _spread(values, 1e6),
+                        _ratio(_median(values), own),
+                        f"{max(cyclic[key][variant]):.0f}",
+                    ]
+                )
+        rounds = len(data["current"]["bare"])
+        lines = [
+            "",
+            "### Wall time per request",
+            "",
+            f"The same requests without valgrind: µs per request, median (min{TO}max) of "
+            f"{rounds} samples from interleaved rounds (one process per environment and round). "
+            "Wall time on this shared machine swings by about 30%; the instruction counts above "
+            "are the figures to compare designs with. "
+            f"(`BackgroundTasks` here: {reference * 1e6:.1f} µs.)",
+            "",
+            "The last column counts the objects each request leaves that reference counting "
+            "cannot free (reference cycles): `gc.collect()` after requests sent with the "
+            "collector paused, per request. Such garbage makes the collector run, and its full "
+            "collections (tens of ms with FastAPI loaded) show up as p99 latency in (b).",
+            "",
+        ]
+        lines += _table(
+            [
+                "variant",
+                "µs / request",
+                f"{X} `BackgroundTasks`",
+                "cyclic garbage, objects / request",
+            ],
+            rows,
+        )
+        return lines
+
+    # -- micro -----------------------------------------------------------------------------
+
+    def micro(self, key: str, variant: str) -> list[float]:
+        values: list[float] = self.results["inprocess"]["micro"][key][variant]
+        return values
+
+    def micro_section(self) -> list[str]:
+        data = self.results["inprocess"]["micro"]
+        rows: list[list[str]] = []
+        for key, per_env in data.items():
+            raw = _median(self.micro(key, "create_task"))
+            for variant, values in per_env.items():
+                if not _shown(key, variant):
+                    continue
+                rows.append(
+                    [
+                        self.label(key, variant),
+                        _spread(values, 1e6, 2),
+                        _ratio(_median(values), raw),
+                    ]
+                )
+        return [
+            "",
+            "## `schedule()` call cost",
+            "",
+            f"Inside one endpoint, a loop of {self.results['inprocess']['micro_calls']} calls "
+            "timed with `perf_counter`, with the garbage collector paused as `timeit` does "
+            "(what the collector costs per task shows in the fan-out scenario); µs per call, "
+            f"median (min{TO}max) over 10 samples per process from interleaved rounds. The "
+            "work runs after the measurement. The raw references create the coroutine too "
+            "(`loop.create_task(work())`). Ratios use `loop.create_task` measured in the same "
+            "process.",
+            "",
+            *_table(["call", "µs / call", f"{X} `loop.create_task`"], rows),
+        ]
+
+    # -- (b) -------------------------------------------------------------------------------
+
+    def e2e_section(self) -> list[str]:
+        data = self.results["e2e"]
+        runs: dict[str, list[dict[str, float]]] = data["runs"]
+        reference = _median([run["rps"] for run in runs["current:background"]])
+        rows: list[list[str]] = []
+        for label, values in runs.items():
+            key, _, variant = label.partition(":")
+            rps = [run["rps"] for run in values]
+            rows.append(
+                [
+                    self.label(key, variant),
+                    _spread(rps, 1.0, 0),
+                    _ratio(_median(rps), reference),
+                    _spread([run["p50"] for run in values], 1e3, 2),
+                    _spread([run["p99"] for run in values], 1e3, 2),
+                ]
+            )
+        return [
+            "",
+            "## (b) End to end: uvicorn and wrk",
+            "",
+            "One uvicorn process per variant (defaults: asyncio loop, h11), listening on "
+            "127.0.0.1 on a port the system picked; `wrk --threads 1 --connections "
+            f"{data['connections']} --duration {data['seconds']}s --latency`, after a 1 s warm-up. "
+            f"Median (min{TO}max) over {len(runs['current:bare'])} interleaved rounds. Server and "
+            "load generator share the 2 cores, so these figures are the noisiest here.",
+            "",
+            *_table(
+                ["variant", "requests / s", f"{X} `BackgroundTasks`", "p50 ms", "p99 ms"],
+                rows,
+            ),
+        ]
+
+    # -- (c), (d) ----------------------------------------------------------------------------
+
+    def runs(self, scenario: str, label: str) -> list[dict[str, Any]]:
+        runs: list[dict[str, Any]] = self.results[scenario]["runs"][label]
+        return runs
+
+    def field(self, scenario: str, label: str, name: str) -> list[float]:
+        return [float(run[name]) for run in self.runs(scenario, label)]
+
+    def fanout_section(self) -> list[str]:
+        data = self.results["fanout"]
+        tasks: int = data["tasks"]
+        raw = _median(self.field("fanout", "current:create_task", "done"))
+        rows: list[list[str]] = []
+        for label in data["runs"]:
+            key, _, variant = label.partition(":")
+            done = self.field("fanout", label, "done")
+            growth = [run["peak_rss"] - run["rss_before"] for run in self.runs("fanout", label)]
+            rows.append(
+                [
+                    self.label(key, variant),
+                    _spread(self.field("fanout", label, "schedule"), 1e6 / tasks, 2),
+                    _spread(self.field("fanout", label, "response"), 1.0, 2),
+                    _spread(done, 1.0, 2),
+                    _spread(done, 1e6 / tasks, 2),
+                    _ratio(_median(done), raw),
+                    _spread(growth, 1 / 2**20, 0),
+                ]
+            )
+        return [
+            "",
+            f"## (c) Fan-out: one request schedules {tasks:,} no-op tasks",
+            "",
+            "A fresh process per run; after a warm-up, one request runs a loop of "
+            f'{tasks:,} scheduling calls. Times from the start of the request; "all ran" is '
+            "when the last task finished. Peak RSS growth is the process's peak resident set "
+            f"(`ru_maxrss`) minus its resident set just before the request. Median (min{TO}max) "
+            f"over {len(data['runs']['current:create_task'])} interleaved rounds.",
+            "",
+            *_table(
+                [
+                    "variant",
+                    "scheduling µs / task",
+                    "response sent after s",
+                    "all ran after s",
+                    "all ran, µs / task",
+                    f"{X} `create_task`",
+                    "peak RSS growth MiB",
+                ],
+                rows,
+            ),
+        ]
+
+    def memory_section(self) -> list[str]:
+        data = self.results["memory"]
+        tasks: int = data["tasks"]
+        raw = _median(self.field("memory", "current:create_task", "per_task"))
+        rows: list[list[str]] = []
+        for label in data["runs"]:
+            key, _, variant = label.partition(":")
+            per_task = self.field("memory", label, "per_task")
+            rows.append(
+                [
+                    self.label(key, variant),
+                    _spread(per_task, 1.0, 0),
+                    _ratio(_median(per_task), raw),
+                ]
+            )
+        return [
+            "",
+            f"## (d) Memory per pending task, {tasks:,} tasks waiting",
+            "",
+            f"A fresh process per run; one request schedules {tasks:,} tasks that all start "
+            "and then wait on one `asyncio.Event`. Bytes per task = growth of the resident set "
+            "(from `/proc/self/statm`, after `gc.collect()`) between just before the request and "
+            f"the moment all tasks wait, divided by the number of tasks. Median (min{TO}max) over "
+            f"{len(data['runs']['current:create_task'])} interleaved rounds.",
+            "",
+            *_table(["variant", "bytes / pending task", f"{X} `create_task`"], rows),
+        ]
+
+    # -- the SPEC figures --------------------------------------------------------------------
+
+    def summary_section(self) -> list[str]:
+        rows: list[list[str]] = []
+
+        def verdict(ok: bool) -> str:
+            return "met" if ok else "**missed**"
+
+        def add(figure: str, target: str, measured: str, reference: str, ok: bool) -> None:
+            rows.append([figure, target, measured, reference, verdict(ok)])
+
+        floor = self.instruction_ratio("current", "create_task")
+        dependency = (
+            _median(self.instructions("current", "depends"))
+            - _median(self.instructions("current", "bare"))
+        ) / _median(self.instructions("current", "background"))
+        for variant in MODES:
+            ratio = self.instruction_ratio("current", variant)
+            old = self.instruction_ratio("0.1.0", variant)
+            add(
+                f"request with one task, {LABELS[variant]}, {X} `BackgroundTasks` (instructions)",
+                f"≤ 1.35{X}",
+                f"{ratio:.2f}{X}",
+                f"0.1.0: {old:.2f}{X}; floor (dependency + `create_task`): {floor:.2f}{X}; "
+                f"FastAPI's dependency machinery alone: {dependency:.2f}{X}",
+                ratio <= 1.35,
+            )
+        ratio = self.instruction_ratio("current", "library-all")
+        same = self.instruction_ratio("current", "library-all", "background-all")
+        add(
+            f"all three modes in one request, {X} `BackgroundTasks` with 1 task (instructions)",
+            f"≤ 1.7{X}",
+            f"{ratio:.2f}{X} ({same:.2f}{X} `BackgroundTasks` with 3 tasks)",
+            f"0.1.0: {self.instruction_ratio('0.1.0', 'library-all'):.2f}{X} "
+            f"({self.instruction_ratio('0.1.0', 'library-all', 'background-all'):.2f}{X})",
+            ratio <= 1.7,
+        )
+        for variant in MODES[1:]:
+            value = _median(self.micro("current", variant)) * 1e6
+            add(
+                f"`{variant.split('-')[1]}.schedule()` call",
+                "≤ 5 µs",
+                f"{value:.2f} µs",
+                f"0.1.0: {_median(self.micro('0.1.0', variant)) * 1e6:.2f} µs",
+                value <= 5,
+            )
+        raw = _median(self.micro("current", "create_task"))
+        value = _median(self.micro("current", "library-immediate"))
+        old = _median(self.micro("0.1.0", "library-immediate"))
+        old_raw = _median(self.micro("0.1.0", "create_task"))
+        add(
+            f"immediate `schedule()` call, {X} `loop.create_task`",
+            f"≤ 2{X}",
+            f"{value / raw:.2f}{X} ({value * 1e6:.2f} µs vs {raw * 1e6:.2f} µs)",
+            f"0.1.0: {old * 1e6:.2f} µs ({old / old_raw:.2f}{X}); anyio `start_soon`: "
+            f"{_median(self.micro('current', 'start_soon')) * 1e6:.2f} µs",
+            value / raw <= 2,
+        )
+        tasks: int = self.results["fanout"]["tasks"]
+
+        def per_task(label: str) -> float:
+            return _median(self.field("fanout", label, "done")) * 1e6 / tasks
+
+        raw = per_task("current:create_task")
+        value = per_task("current:library-immediate")
+        add(
+            f"{tasks:,} no-op tasks from one request (immediate), all done, {X} `create_task`",
+            f"≤ 2{X}",
+            f"{value / raw:.2f}{X} ({value:.2f} vs {raw:.2f} µs / task)",
+            f"anyio `start_soon`: {per_task('current:start_soon'):.2f} µs / task; 0.1.0: "
+            f"{per_task('0.1.0:library-immediate'):.2f} µs / task",
+            value / raw <= 2,
+        )
+        tasks = self.results["memory"]["tasks"]
+
+        def per_pending(label: str) -> float:
+            return _median(self.field("memory", label, "per_task"))
+
+        raw = per_pending("current:create_task")
+        value = per_pending("current:library-immediate")
+        add(
+            f"memory for {tasks:,} pending tasks, {X} `create_task`",
+            f"≤ 2{X}",
+            f"{value / raw:.2f}{X} ({value:,.0f} vs {raw:,.0f} bytes / task)",
+            f"0.1.0: {per_pending('0.1.0:library-immediate'):,.0f} bytes / task; anyio "
+            f"`start_soon`: {per_pending('current:start_soon'):,.0f}",
+            value / raw <= 2,
+        )
+        return [
+            "## SPEC section 11 figures",
+            "",
+            *_table(
+                ["figure", "target", "measured", "reference points measured here", "verdict"],
+                rows,
+            ),
+        ]
+
+    def machine_section(self) -> list[str]:
+        machine = self.results["machine"]
+        lines = [
+            "",
+            "## Machine",
+            "",
+            f"- CPU: {machine['cpu']}, {machine['cores']} cores; Linux {machine['kernel']}",
+        ]
+        for key, env in machine["environments"].items():
+            packages = ", ".join(f"{name} {version}" for name, version in env["packages"].items())
+            lines.append(f"- {key} environment: Python {env['python']}; {packages}")
+        lines += [
+            f"- {machine['valgrind']}; {machine['wrk']}",
+            f"- commit {machine['commit']}, {machine['date']}; the run took "
+            f"{self.results['seconds'] / 60:.1f} minutes",
+            f"- 1-minute load average {machine['load_before']:.2f} before the run (the "
+            f"benchmark's own load: {machine['load_after']:.2f} after it); anything else busy "
+            "on the machine during the run shows in the wall-time figures, not in the "
+            "instruction counts",
+        ]
+        return lines
+
+
+def render(results: dict[str, Any]) -> str:
+    """The Markdown page for ``results``."""
+    report = _Report(results)
+    sections: list[Callable[[], list[str]]] = [
+        report.summary_section,
+        report.instructions_section,
+        report.wall_section,
+        report.micro_section,
+        report.e2e_section,
+        report.fanout_section,
+        report.memory_section,
+        report.machine_section,
+    ]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `scripts/bench` (SPEC section 11); do not edit by hand. To reproduce:",
+        "",
+        "```console",
+        "$ scripts/bench",
+        "```",
+        "",
+        "It installs what it needs (the project's `.venv`; a second virtual environment with "
+        "the `fastapi-tasks==0.1.0` wheel from PyPI and the same FastAPI, Starlette, anyio and "
+        "uvicorn versions; Debian's `valgrind` and `wrk`), runs every scenario below in one go, "
+        "and rewrites this page. The 0.1.0 wheel has the same import name, so its "
+        "measurements run in processes of their own, driven by the same harness "
+        "(`benchmarks/worker.py`).",
+        "",
+    ]
+    if results.get("quick"):
+        lines += ["**Smoke run with tiny sizes (`--quick`): these numbers mean nothing.**", ""]
+    for section in sections:
+        lines += section()
+        lines.append("")
+    return "\n".join(lines)

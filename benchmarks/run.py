@@ -1,0 +1,522 @@
+"""Run every benchmark side by side and write ``docs/benchmarks.md``; ``scripts/bench`` calls it.
+
+Each measurement runs in a fresh process (``benchmarks.worker``), in this repository's
+environment ("current") or in the one holding the ``fastapi-tasks`` 0.1.0 wheel
+("0.1.0"). Wall-time measurements are interleaved: every round runs every variant
+once, in a rotated order, so drift of a shared machine spreads over all of them.
+Instruction counts (cachegrind) are deterministic and run once per variant, two at a
+time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Generator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._report import render
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / ".work"
+
+REFERENCES = [
+    "bare",
+    "depends",
+    "create_task",
+    "start_soon",
+    "background",
+    "background-all",
+    "background-sync",
+]
+LIBRARY = [
+    "library-none",
+    "library-unused",
+    "library-immediate",
+    "library-after_route",
+    "library-after_response",
+    "library-all",
+    "library-sync",
+]
+# Both environments measure every variant: each ratio then has its denominator measured
+# in the same environment, and the processes of both build and warm the same apps (the
+# set of apps alive changes the cost of a request by a few percent, through the GC).
+VARIANTS = REFERENCES + LIBRARY
+MICRO = ["library-immediate", "library-after_route", "library-after_response"]
+MICRO_REFERENCES = ["create_task", "start_soon"]
+
+
+@dataclass(frozen=True)
+class Env:
+    """A virtual environment the workers run in."""
+
+    key: str
+    python: str
+
+    def worker(self, *args: str) -> list[str]:
+        return [self.python, "-m", "benchmarks.worker", *args]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each scenario does."""
+
+    count_requests: int
+    count_warmup: int
+    wall_requests: int
+    wall_rounds: int
+    micro_calls: int
+    e2e_seconds: int
+    e2e_rounds: int
+    connections: int
+    fanout_tasks: int
+    rounds: int
+
+
+FULL = Sizes(
+    count_requests=600,
+    count_warmup=30,
+    wall_requests=500,
+    wall_rounds=3,
+    micro_calls=500,
+    e2e_seconds=2,
+    e2e_rounds=3,
+    connections=16,
+    fanout_tasks=100_000,
+    rounds=3,
+)
+QUICK = Sizes(
+    count_requests=50,
+    count_warmup=5,
+    wall_requests=50,
+    wall_rounds=1,
+    micro_calls=200,
+    e2e_seconds=1,
+    e2e_rounds=1,
+    connections=16,
+    fanout_tasks=5_000,
+    rounds=1,
+)
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+def _environ() -> dict[str, str]:
+    environ = dict(os.environ)
+    environ["PYTHONHASHSEED"] = "0"  # the same dict layouts in every process
+    environ.pop("PYTHONPATH", None)
+    return environ
+
+
+def run_worker(env: Env, *args: str, timeout: float = 120) -> dict[str, Any]:
+    """Run one worker to its end and return the JSON it printed."""
+    done = subprocess.run(
+        env.worker(*args),
+        cwd=ROOT,
+        env=_environ(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{done.stderr}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def rotated(items: Sequence[str], by: int) -> list[str]:
+    shift = by % len(items)
+    return [*items[shift:], *items[:shift]]
+
+
+# -- (a) instructions per request ---------------------------------------------------------
+
+_SUMMARY = re.compile(r"^summary:\s+(\d+)", re.MULTILINE)
+
+
+def _cachegrind(
+    env: Env, variants: list[str], measure: str, requests: int, warmup: int, job: int
+) -> int:
+    out = WORK / f"cachegrind.{os.getpid()}.{job}.out"
+    command = [
+        "valgrind",
+        "--tool=cachegrind",
+        "--cache-sim=no",
+        f"--cachegrind-out-file={out}",
+        *env.worker(
+            "count",
+            "--variants",
+            ",".join(variants),
+            "--measure",
+            measure,
+            "--requests",
+            str(requests),
+            "--warmup",
+            str(warmup),
+        ),
+    ]
+    done = subprocess.run(
+        command, cwd=ROOT, env=_environ(), capture_output=True, text=True, timeout=300
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"cachegrind {env.key} {measure} failed:\n{done.stderr[-3000:]}")
+    text = out.read_text()
+    out.unlink()
+    found = _SUMMARY.search(text)
+    if found is None:
+        raise RuntimeError(f"no summary line in cachegrind output for {measure}")
+    return int(found.group(1))
+
+
+def measure_instructions(
+    envs: dict[str, list[str]], all_envs: dict[str, Env], sizes: Sizes
+) -> dict[str, Any]:
+    """Instructions per request: (count at N requests - count at 0) / N, per variant.
+
+    Every process builds and warms the same apps, so the two counts differ only by
+    the N measured requests. The baseline runs twice to show the noise.
+    """
+    jobs: list[tuple[str, str, int]] = []
+    for key, variants in envs.items():
+        jobs += [(key, "bare", 0), (key, "bare", 0)]
+        jobs += [(key, name, sizes.count_requests) for name in variants]
+    counts: dict[tuple[str, str, int], list[int]] = {}
+
+    def one(number: int) -> int:
+        key, name, requests = jobs[number]
+        return _cachegrind(all_envs[key], envs[key], name, requests, sizes.count_warmup, number)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for job, total in zip(jobs, pool.map(one, range(len(jobs))), strict=True):
+            counts.setdefault(job, []).append(total)
+    result: dict[str, Any] = {}
+    for key, variants in envs.items():
+        baselines = counts[(key, "bare", 0)]
+        per_env: dict[str, Any] = {
+            "baseline": baselines,
+            "requests": sizes.count_requests,
+            "warmup": sizes.count_warmup,
+            "per_request": {},
+        }
+        for name in variants:
+            total = counts[(key, name, sizes.count_requests)][0]
+            per_env["per_request"][name] = [
+                (total - base) / sizes.count_requests for base in baselines
+            ]
+        result[key] = per_env
+    return result
+
+
+# -- (a) wall time per request and the schedule() micro benchmarks ------------------------
+
+
+def measure_inprocess(
+    envs: dict[str, tuple[list[str], list[str]]], all_envs: dict[str, Env], sizes: Sizes
+) -> dict[str, Any]:
+    asgi: dict[str, dict[str, list[float]]] = {key: {} for key in envs}
+    cyclic: dict[str, dict[str, list[float]]] = {key: {} for key in envs}
+    micro: dict[str, dict[str, list[float]]] = {key: {} for key in envs}
+    for round_no in range(sizes.wall_rounds):
+        for key in rotated(list(envs), round_no):
+            variants, micro_variants = envs[key]
+            result = run_worker(
+                all_envs[key],
+                "inprocess",
+                "--variants",
+                ",".join(rotated(variants, round_no)),
+                "--micro",
+                ",".join(micro_variants),
+                "--requests",
+                str(sizes.wall_requests),
+                "--calls",
+                str(sizes.micro_calls),
+                "--samples",
+                "2",
+                "--micro-samples",
+                "10",
+            )
+            for name, values in result["asgi"].items():
+                asgi[key].setdefault(name, []).extend(values)
+            for name, value in result["cyclic"].items():
+                cyclic[key].setdefault(name, []).append(value)
+            for name, values in result["micro"].items():
+                micro[key].setdefault(name, []).extend(values)
+    return {"asgi": asgi, "cyclic": cyclic, "micro": micro, "micro_calls": sizes.micro_calls}
+
+
+# -- (b) end to end -----------------------------------------------------------------------
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+_PERCENTILE = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_RATE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+
+
+def _get(port: int) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        connection.request("GET", "/")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+@contextmanager
+def serving(env: Env, variant: str) -> Generator[int, None, None]:
+    """Serve ``variant`` with uvicorn on 127.0.0.1 (the worker picks a free port); yield it."""
+    server = subprocess.Popen(
+        env.worker("serve", "--variant", variant),
+        cwd=ROOT,
+        env=_environ(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status = _get(port)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        if status != 200:
+            raise RuntimeError(f"{env.key} {variant}: GET / answered {status}")
+        yield port
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+
+
+def _wrk(port: int, seconds: int, connections: int) -> dict[str, float]:
+    done = subprocess.run(
+        [
+            "wrk",
+            "--threads",
+            "1",
+            "--connections",
+            str(connections),
+            "--duration",
+            f"{seconds}s",
+            "--latency",
+            f"http://127.0.0.1:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+    )
+    out = done.stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+    rate = _RATE.search(out)
+    percentiles = {p: float(v) * _UNITS[u] for p, v, u in _PERCENTILE.findall(out)}
+    if rate is None or set(percentiles) != {"50", "99"}:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    return {"rps": float(rate.group(1)), "p50": percentiles["50"], "p99": percentiles["99"]}
+
+
+def measure_e2e(
+    variants: list[tuple[str, str]], all_envs: dict[str, Env], sizes: Sizes
+) -> dict[str, Any]:
+    results: dict[str, list[dict[str, float]]] = {}
+    with ExitStack() as stack:
+        ports: dict[str, int] = {}
+        for key, name in variants:
+            ports[f"{key}:{name}"] = stack.enter_context(serving(all_envs[key], name))
+        for port in ports.values():  # warm up: imports, caches, the interpreter's specializations
+            _wrk(port, 1, sizes.connections)
+        for round_no in range(sizes.e2e_rounds):
+            for label in rotated(list(ports), round_no):
+                results.setdefault(label, []).append(
+                    _wrk(ports[label], sizes.e2e_seconds, sizes.connections)
+                )
+    return {"connections": sizes.connections, "seconds": sizes.e2e_seconds, "runs": results}
+
+
+# -- (c) fan-out and (d) memory -----------------------------------------------------------
+
+
+def measure_processes(
+    command: str, variants: list[tuple[str, str]], all_envs: dict[str, Env], sizes: Sizes
+) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {}
+    labels = [f"{key}:{name}" for key, name in variants]
+    for round_no in range(sizes.rounds):
+        for label in rotated(labels, round_no):
+            key, _, name = label.partition(":")
+            result = run_worker(
+                all_envs[key],
+                command,
+                "--variant",
+                name,
+                "--tasks",
+                str(sizes.fanout_tasks),
+                timeout=180,
+            )
+            runs.setdefault(label, []).append(result)
+    return {"tasks": sizes.fanout_tasks, "runs": runs}
+
+
+# -- the machine ----------------------------------------------------------------------------
+
+
+def _output(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    except OSError:
+        return "not found"
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def describe_machine(all_envs: dict[str, Env]) -> dict[str, Any]:
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    script = (
+        "import sys, json; from importlib.metadata import version; "
+        "print(json.dumps({'python': sys.version.split()[0], 'packages': {name: version(name) "
+        "for name in ('fastapi-tasks', 'fastapi', 'starlette', 'anyio', 'pydantic', 'uvicorn')}}))"
+    )
+    environments = {
+        key: json.loads(_output([env.python, "-c", script])) for key, env in all_envs.items()
+    }
+    dirty = _output(["git", "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": os.uname().release,
+        "environments": environments,
+        "valgrind": _output(["valgrind", "--version"]),
+        "wrk": _output(["wrk", "--version"]).split(" Copyright")[0],
+        "commit": _output(["git", "rev-parse", "--short", "HEAD"])
+        + ("" if dirty in ("", "not found") else " (with uncommitted changes)"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_before": os.getloadavg()[0],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run")
+    parser.add_argument("--old-python", required=True, help="python of the 0.1.0 environment")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument(
+        "--report-only", action="store_true", help="re-render the last results.json"
+    )
+    parser.add_argument(
+        "--started", type=float, default=None, help="epoch seconds the whole run began at"
+    )
+    args = parser.parse_args(argv)
+    WORK.mkdir(parents=True, exist_ok=True)
+    results_file = WORK / ("results-quick.json" if args.quick else "results.json")
+    if args.report_only:
+        results = json.loads(results_file.read_text())
+    else:
+        results = run_all(args.old_python, QUICK if args.quick else FULL, args.quick)
+        if args.started is not None:  # count the installs too
+            results["seconds"] = time.time() - args.started
+        results_file.write_text(json.dumps(results, indent=1))
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(render(results))
+    log(f"wrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
+
+
+def run_all(old_python: str, sizes: Sizes, quick: bool) -> dict[str, Any]:
+    started = time.monotonic()
+    envs = {"current": Env("current", sys.executable), "0.1.0": Env("0.1.0", old_python)}
+    results: dict[str, Any] = {"quick": quick, "machine": describe_machine(envs)}
+
+    def step(name: str) -> None:
+        log(f"{name} (at {time.monotonic() - started:.0f} s)")
+
+    step("(a) instructions per request, cachegrind")
+    results["instructions"] = measure_instructions(
+        {"current": VARIANTS, "0.1.0": VARIANTS}, envs, sizes
+    )
+    step("(a) wall time per request and schedule() calls")
+    results["inprocess"] = measure_inprocess(
+        {
+            "current": (VARIANTS, MICRO + MICRO_REFERENCES),
+            "0.1.0": (VARIANTS, MICRO + MICRO_REFERENCES),
+        },
+        envs,
+        sizes,
+    )
+    step("(b) end to end, uvicorn and wrk")
+    results["e2e"] = measure_e2e(
+        [
+            ("current", "bare"),
+            ("current", "background"),
+            ("current", "library-immediate"),
+            ("current", "library-after_route"),
+            ("current", "library-after_response"),
+            ("current", "library-all"),
+            ("0.1.0", "library-immediate"),
+            ("0.1.0", "library-all"),
+        ],
+        envs,
+        sizes,
+    )
+    step("(c) fan-out")
+    results["fanout"] = measure_processes(
+        "fanout",
+        [
+            ("current", "create_task"),
+            ("current", "start_soon"),
+            ("current", "background"),
+            ("current", "library-immediate"),
+            ("current", "library-after_route"),
+            ("current", "library-after_response"),
+            ("0.1.0", "library-immediate"),
+            ("0.1.0", "library-after_response"),
+        ],
+        envs,
+        sizes,
+    )
+    step("(d) memory per pending task")
+    results["memory"] = measure_processes(
+        "memory",
+        [
+            ("current", "create_task"),
+            ("current", "start_soon"),
+            ("current", "library-immediate"),
+            ("0.1.0", "library-immediate"),
+        ],
+        envs,
+        sizes,
+    )
+    results["seconds"] = time.monotonic() - started
+    results["machine"]["load_after"] = os.getloadavg()[0]
+    step("done")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""One measurement in a process of its own; started by ``benchmarks.run``, prints JSON.
+
+Runs in this repository's environment and in the one holding ``fastapi-tasks`` 0.1.0
+(``python -m benchmarks.worker`` from the repository root; ``src/`` is not on the
+path there, so ``fastapi_tasks`` is whatever that environment installed).
+
+Commands:
+
+``count``      build every variant's app, run their lifespans, warm each one up, then
+               send ``--requests`` requests to ``--measure``; meant to run under
+               cachegrind, once with ``--requests 0`` as the baseline.
+``inprocess``  wall time per request over raw ASGI, and the ``schedule()`` call micro
+               benchmarks.
+``serve``      serve one variant with uvicorn on 127.0.0.1, on a port the system picks;
+               prints the port, stops on SIGINT/SIGTERM.
+``fanout``     one request schedules ``--tasks`` no-op tasks: time to schedule, time
+               until all ran, RSS.
+``memory``     one request schedules ``--tasks`` tasks that block on an event: resident
+               memory per pending task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import resource
+import socket
+import sys
+import time
+from importlib.metadata import version
+from typing import Any
+
+from . import _apps
+from ._apps import begun, build_app, finished, open_gate, schedule_timings, tasks_per_request
+from ._asgi import running
+
+_PAGE = resource.getpagesize()
+
+
+def _rss() -> int:
+    """Resident set size of this process now, in bytes."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * _PAGE
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _emit(result: dict[str, Any]) -> None:
+    result["fastapi_tasks"] = version("fastapi-tasks")
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+async def _settle(name: str) -> None:
+    """Let the loop take in what worker threads finished after the driver moved on.
+
+    ``def`` work reports to the driver from its thread, before the library learns that
+    the thread returned; requests that never suspend would leave that news queued.
+    """
+    if name.endswith("-sync"):
+        await asyncio.sleep(0.05)
+
+
+async def _count(variants: list[str], measure: str, requests: int, warmup: int) -> None:
+    _apps.bind_loop()
+    apps = {name: (build_app(name), tasks_per_request(name)) for name in variants}
+    async with running(apps) as client:
+        for name in variants:
+            for _ in range(warmup):
+                await client.request(name)
+            await _settle(name)
+        gc.collect()
+        for _ in range(requests):
+            await client.request(measure)
+        await _settle(measure)
+
+
+async def _inprocess(
+    variants: list[str],
+    micro: list[str],
+    requests: int,
+    warmup: int,
+    calls: int,
+    samples: int,
+    micro_samples: int,
+) -> None:
+    _apps.bind_loop()
+    result: dict[str, Any] = {"asgi": {}, "cyclic": {}, "micro": {}}
+    apps = {name: (build_app(name), tasks_per_request(name)) for name in variants}
+    for name in micro:
+        apps[f"micro:{name}"] = (
+            build_app(name, count=calls, timed=True),
+            tasks_per_request(name, calls),
+        )
+    async with running(apps) as client:
+        for name in variants:
+            for _ in range(warmup):
+                await client.request(name)
+            timings: list[float] = []
+            for _ in range(samples):
+                start = time.perf_counter()
+                for _ in range(requests):
+                    await client.request(name)
+                timings.append((time.perf_counter() - start) / requests)
+                await _settle(name)
+            result["asgi"][name] = timings
+            # What each request leaves for the cycle collector: garbage that reference
+            # counting cannot free, and that makes the collector run (and pause) more often.
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(requests):
+                    await client.request(name)
+                await _settle(name)
+            finally:
+                result["cyclic"][name] = gc.collect() / requests
+                gc.enable()
+        for name in micro:
+            del schedule_timings[:]
+            for _ in range(micro_samples + 1):  # the first one warms up
+                # As timeit does: a collection landing in one sample would swamp it. The
+                # cost the collector adds per task shows in the fan-out scenario.
+                gc.disable()
+                try:
+                    await client.request(f"micro:{name}")
+                finally:
+                    gc.enable()
+            result["micro"][name] = [elapsed / calls for elapsed in schedule_timings[1:]]
+    _emit(result)
+
+
+async def _fanout(variant: str, tasks: int) -> None:
+    _apps.bind_loop()
+    apps = {
+        "warm": (build_app(variant, count=100, timed=True), tasks_per_request(variant, 100)),
+        "fanout": (build_app(variant, count=tasks, timed=True), tasks_per_request(variant, tasks)),
+    }
+    async with running(apps, check=False) as client:
+        for _ in range(3):
+            await client.request("warm")
+        gc.collect()
+        before = _rss()
+        start = time.perf_counter()
+        status = await client.call("fanout")
+        responded = time.perf_counter() - start
+        client.expected += tasks_per_request(variant, tasks)
+        await finished.reach(client.expected)
+        done = time.perf_counter() - start
+        peak = _peak_rss()
+    if status != 200:
+        raise RuntimeError(f"{variant}: GET / answered {status}")
+    _emit(
+        {
+            "schedule": schedule_timings[-1],
+            "response": responded,
+            "done": done,
+            "rss_before": before,
+            "peak_rss": peak,
+        }
+    )
+
+
+async def _memory(variant: str, tasks: int) -> None:
+    _apps.bind_loop()
+    warm = tasks_per_request(variant, 100)
+    pending = tasks_per_request(variant, tasks)
+    apps = {
+        "warm": (build_app(variant, count=100, work="blocked"), warm),
+        "memory": (build_app(variant, count=tasks, work="blocked"), pending),
+    }
+    async with running(apps, check=False) as client:
+        await client.call("warm")
+        await begun.reach(warm)
+        open_gate()
+        await finished.reach(warm)
+        gc.collect()
+        before = _rss()
+        status = await client.call("memory")
+        await begun.reach(warm + pending)
+        gc.collect()
+        after = _rss()
+        open_gate()
+        await finished.reach(warm + pending)
+    if status != 200:
+        raise RuntimeError(f"{variant}: GET / answered {status}")
+    _emit({"rss_before": before, "rss_pending": after, "per_task": (after - before) / pending})
+
+
+def _serve(variant: str) -> None:
+    import uvicorn
+
+    app = build_app(variant)
+    # With the protocol named, asyncio sets TCP_NODELAY on accepted connections; without it,
+    # Nagle and delayed ACKs add 40 ms to every response.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+
+    async def serve() -> None:
+        _apps.bind_loop()
+        await server.serve(sockets=[listener])
+
+    sys.stdout.write(f"{listener.getsockname()[1]}\n")
+    sys.stdout.flush()
+    asyncio.run(serve())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.worker")
+    commands = parser.add_subparsers(dest="command", required=True)
+    count = commands.add_parser("count")
+    count.add_argument("--variants", required=True)
+    count.add_argument("--measure", required=True)
+    count.add_argument("--requests", type=int, required=True)
+    count.add_argument("--warmup", type=int, default=50)
+    inprocess = commands.add_parser("inprocess")
+    inprocess.add_argument("--variants", required=True)
+    inprocess.add_argument("--micro", default="")
+    inprocess.add_argument("--requests", type=int, default=1000)
+    inprocess.add_argument("--warmup", type=int, default=100)
+    inprocess.add_argument("--calls", type=int, default=500)
+    inprocess.add_argument("--samples", type=int, default=2)
+    inprocess.add_argument("--micro-samples", type=int, default=10)
+    serve = commands.add_parser("serve")
+    serve.add_argument("--variant", required=True)
+    for name in ("fanout", "memory"):
+        command = commands.add_parser(name)
+        command.add_argument("--variant", required=True)
+        command.add_argument("--tasks", type=int, default=100_000)
+    args = parser.parse_args(argv)
+
+    if args.command == "count":
+        asyncio.run(_count(args.variants.split(","), args.measure, args.requests, args.warmup))
+    elif args.command == "inprocess":
+        asyncio.run(
+            _inprocess(
+                args.variants.split(","),
+                [name for name in args.micro.split(",") if name],
+                args.requests,
+                args.warmup,
+                args.calls,
+                args.samples,
+                args.micro_samples,
+            )
+        )
+    elif args.command == "serve":
+        _serve(args.variant)
+    elif args.command == "fanout":
+        asyncio.run(_fanout(args.variant, args.tasks))
+    else:
+        asyncio.run(_memory(args.variant, args.tasks))
+
+
+if __name__ == "__main__":
+    main()
