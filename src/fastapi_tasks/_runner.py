@@ -9,6 +9,7 @@ cancel scope so it can be cancelled alone and shielded at shutdown.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -52,7 +53,10 @@ class AsyncioRunner:
         context = task._context
         if context is None:
             task._handle = self._loop.create_task(task._run())
-        else:
+        elif sys.version_info >= (3, 11):
+            # create_task(context=): one C call instead of two, and no extra copy.
+            task._handle = self._loop.create_task(task._run(), context=context)
+        else:  # pragma: no cover - Python 3.10 (the suite runs there too, without coverage)
             task._handle = context.run(self._loop.create_task, task._run())
 
     def new_event(self) -> Event:
