@@ -49,4 +49,4 @@ class TasksMiddleware:
             # The scope and the scheduler refer to each other; breaking the cycle lets
             # reference counting free both now instead of leaving them to the cyclic
             # garbage collector (which, run per request, costs more than all the rest).
-            del scope[SCOPE_KEY]
+            scope.pop(SCOPE_KEY, None)
