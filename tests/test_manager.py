@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from fastapi_tasks import (
+    FastAPITasksClosedError,
     FastAPITasksError,
     Task,
     TaskManager,
@@ -68,6 +69,9 @@ async def test_handle_reports_its_life_cycle(app: FastAPI, manager: TaskManager)
         await sync_task.wait()
         assert sync_task.result == 6
         assert await sync_task() == 6
+    assert await task() == 7  # async work can still be run again by hand...
+    with pytest.raises(FastAPITasksClosedError):
+        await sync_task()  # ...sync work needs the manager's threads, gone with the app
     assert "gated" in repr(task)
     assert "7" not in repr(task).replace(f"id={task.id}", "")
     assert manager.stats.succeeded == 2

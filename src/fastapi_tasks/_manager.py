@@ -486,9 +486,8 @@ class TaskManager(Scheduler):
         time_limit: float | None = None,
     ) -> Any:
         runner, pool = self._runner, self._pool
-        # Only tasks of a running manager get here.
-        assert runner is not None
-        assert pool is not None
+        if runner is None or pool is None:  # `await task()` on sync work after shutdown
+            raise self._refusal()
         job = ThreadJob(runner, limiter)
         try:
             return await job.call(pool, func, time_limit)
