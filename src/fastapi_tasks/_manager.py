@@ -430,18 +430,20 @@ class TaskManager(Scheduler):
         self._live[task] = None
         self._scheduled += 1
         limit = self._max_concurrency
-        if limit is not None and self._active >= limit:
+        if limit is None:  # no slots to count
+            self._runner.start(task)  # type: ignore[union-attr]
+            return
+        if self._active >= limit:
             if task._context is None:
                 # It starts later, from whichever task frees a slot: keep the
                 # scheduler's contextvars (and tracing parent) with it.
                 task._context = contextvars.copy_context()
             self._waiting.append(task)
             return
-        task._admitted = True
-        self._active += 1
-        self._runner.start(task)  # type: ignore[union-attr]
+        self._start(task)
 
     def _start(self, task: Task[Any]) -> None:
+        """Start a task that takes one of the ``max_concurrency`` slots."""
         task._admitted = True
         self._active += 1
         self._runner.start(task)  # type: ignore[union-attr]
