@@ -335,7 +335,7 @@ class TaskManager(Scheduler):
         runner = self._runner
         if runner is None or not (self._live or self._deferred):
             return
-        if runner.in_loop_thread():
+        if get_ident() == self._loop_thread:
             raise RuntimeError("join_blocking() would block the event loop; use 'await join()'")
         runner.run_blocking(lambda: self.join(timeout))
 
@@ -406,7 +406,7 @@ class TaskManager(Scheduler):
     def _release_threadsafe(self, task: Task[Any]) -> None:
         """``release()`` from any thread."""
         runner = self._runner
-        if runner is not None and not runner.in_loop_thread():
+        if runner is not None and get_ident() != self._loop_thread:
             runner.call_soon_threadsafe(self._release, task)
         else:
             self._release(task)

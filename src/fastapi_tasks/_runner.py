@@ -27,7 +27,6 @@ class Runner(Protocol):
     cancelled_exc: type[BaseException]
     thread: int
 
-    def in_loop_thread(self) -> bool: ...
     def call_soon_threadsafe(self, func: Callable[..., object], *args: Any) -> None: ...
     def start(self, task: Task[Any]) -> None: ...
     def new_event(self) -> Event: ...
@@ -42,9 +41,6 @@ class AsyncioRunner:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.thread = threading.get_ident()
-
-    def in_loop_thread(self) -> bool:
-        return threading.get_ident() == self.thread
 
     def call_soon_threadsafe(self, func: Callable[..., object], *args: Any) -> None:
         self._loop.call_soon_threadsafe(func, *args)
@@ -86,9 +82,6 @@ class AnyioRunner:
         self._tickets = 0
         self._turn = 0
         self._waiting: dict[int, Event] = {}
-
-    def in_loop_thread(self) -> bool:
-        return threading.get_ident() == self.thread
 
     def call_soon_threadsafe(self, func: Callable[..., object], *args: Any) -> None:
         self._token.run_sync_soon(func, *args)
