@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.types import Message, Scope
 
 from fastapi_tasks import TaskManager, add_tasks
+from fastapi_tasks.testing import run_lifespan
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -20,8 +21,8 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @asynccontextmanager
 async def serving(app: FastAPI) -> AsyncGenerator[httpx2.AsyncClient, None]:
-    """Run the app's lifespan and give a client that talks to it in process."""
-    async with app.router.lifespan_context(app):
+    """Run the app's lifespan as a server does and give a client that talks to it in process."""
+    async with run_lifespan(app):
         transport = httpx2.ASGITransport(app=app)
         client = httpx2.AsyncClient(transport=transport, base_url="http://test")
         async with client:

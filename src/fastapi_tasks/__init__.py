@@ -1,7 +1,7 @@
 """Background work for FastAPI endpoints with precise timing.
 
 ``tasks.schedule()`` starts work now, ``tasks.after_route.schedule()`` after the
-endpoint returned and before the response starts, and
+endpoint returned (handed over just before the response starts), and
 ``tasks.after_response.schedule()`` once the response's last byte was sent.
 """
 
@@ -9,20 +9,23 @@ from ._config import TaskConfig as TaskConfig
 from ._config import TaskErrorHandler as TaskErrorHandler
 from ._config import TaskOptions as TaskOptions
 from ._dependency import Tasks as Tasks
+from ._events import TaskEvent as TaskEvent
+from ._events import current_task as current_task
 from ._lifespan import add_tasks as add_tasks
 from ._lifespan import get_task_manager as get_task_manager
+from ._manager import Scheduler as Scheduler
 from ._manager import TaskManager as TaskManager
 from ._manager import TaskStats as TaskStats
 from ._task import Task as Task
 from ._task import TaskMode as TaskMode
 from ._task import TaskState as TaskState
+from ._version import __version__ as __version__
 from .errors import FastAPITasksAlreadyInstalledError as FastAPITasksAlreadyInstalledError
 from .errors import FastAPITasksClosedError as FastAPITasksClosedError
 from .errors import FastAPITasksError as FastAPITasksError
 from .errors import FastAPITasksNotStartedError as FastAPITasksNotStartedError
 from .errors import FastAPITasksUninitializedAppError as FastAPITasksUninitializedAppError
-
-__version__ = "0.2.0"
+from .errors import FastAPITasksWrongLoopError as FastAPITasksWrongLoopError
 
 __all__ = [
     "FastAPITasksAlreadyInstalledError",
@@ -30,9 +33,12 @@ __all__ = [
     "FastAPITasksError",
     "FastAPITasksNotStartedError",
     "FastAPITasksUninitializedAppError",
+    "FastAPITasksWrongLoopError",
+    "Scheduler",
     "Task",
     "TaskConfig",
     "TaskErrorHandler",
+    "TaskEvent",
     "TaskManager",
     "TaskMode",
     "TaskOptions",
@@ -40,5 +46,6 @@ __all__ = [
     "TaskStats",
     "Tasks",
     "add_tasks",
+    "current_task",
     "get_task_manager",
 ]

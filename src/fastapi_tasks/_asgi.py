@@ -1,12 +1,22 @@
-"""The ASGI middleware that gives each request its scheduler and watches ``send``."""
+"""The outermost ASGI layer: the app's lifespan, and each request's scheduler and ``send``.
+
+``add_tasks()`` puts it outside every middleware, ServerErrorMiddleware included, so
+it sees the ASGI lifespan messages before anything else does and the bytes that
+really leave the app. The manager starts before the app's own startup (so startup
+code can schedule) and drains as soon as the server asks for shutdown, before the
+app's own shutdown and the shutdown of every router, whenever it was included.
+"""
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from ._dependency import SCOPE_KEY, RequestTasks
-from ._manager import TaskManager, current_manager, running_managers
+from ._manager import Engine, current_manager
 
 __all__ = ["TasksMiddleware"]
 
@@ -18,23 +28,31 @@ class TasksMiddleware:
     that called ``add_tasks``) keeps it: mounted apps share the outer app's manager.
     """
 
-    __slots__ = ("app", "manager")
+    __slots__ = ("_refresh_tracer", "app", "engine")
 
-    def __init__(self, app: ASGIApp, manager: TaskManager) -> None:
+    def __init__(self, app: ASGIApp, engine: Engine, refresh_tracer: Callable[[], Any]) -> None:
         self.app = app
-        self.manager = manager
+        self.engine = engine
+        self._refresh_tracer = refresh_tracer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "lifespan" or SCOPE_KEY in scope:
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if SCOPE_KEY in scope:
             await self.app(scope, receive, send)
             return
-        tasks = RequestTasks(self.manager, scope, send)
+        engine = self.engine
+        tasks = RequestTasks(engine, scope, receive, send)
         scope[SCOPE_KEY] = tasks
-        # get_task_manager() needs the context only when it cannot tell the apps apart.
-        token = current_manager.set(self.manager) if len(running_managers) > 1 else None
+        # Always: get_task_manager() must tell the apps apart however many run.
+        token = current_manager.set(engine.manager)
         try:
-            await self.app(scope, receive, tasks.send if kind == "http" else send)
+            if kind == "http":
+                await self.app(scope, tasks.receive, tasks.send)
+            else:
+                await self.app(scope, receive, send)
         except WebSocketDisconnect:
             tasks.end(failed=False)  # the client left: the socket is closed, nothing failed
             raise
@@ -44,9 +62,28 @@ class TasksMiddleware:
         else:
             tasks.end(failed=False)
         finally:
-            if token is not None:
-                current_manager.reset(token)
+            current_manager.reset(token)
             # The scope and the scheduler refer to each other; breaking the cycle lets
             # reference counting free both now instead of leaving them to the cyclic
             # garbage collector (which, run per request, costs more than all the rest).
             scope.pop(SCOPE_KEY, None)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        engine = self.engine
+
+        async def receive_and_drain() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                # Our work drains while the app's and its routers' resources still exist.
+                await engine.aclose()
+            return message
+
+        async def send_and_watch(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                # The app's own startup may have just set the global tracer provider.
+                self._refresh_tracer()
+            await send(message)
+
+        self._refresh_tracer()
+        async with engine.lifespan():
+            await self.app(scope, receive_and_drain, send_and_watch)

@@ -15,18 +15,21 @@ from collections.abc import Callable, Mapping
 from types import CodeType, FunctionType, MethodType
 from typing import Any
 
+from ._config import OPTION_NAMES
+
 _CO_VARARGS = inspect.CO_VARARGS
 _CO_VARKEYWORDS = inspect.CO_VARKEYWORDS
 _CO_COROUTINE = inspect.CO_COROUTINE
 _CO_ASYNC_GENERATOR = inspect.CO_ASYNC_GENERATOR
+_CO_GENERATOR = inspect.CO_GENERATOR
 
 
 class _Shape:
     """What a plain function's signature accepts, read from its code object."""
 
     __slots__ = (
-        "async_generator",
         "fewest",
+        "generator",
         "index",
         "is_async",
         "kwonly",
@@ -46,7 +49,14 @@ class _Shape:
         names = code.co_varnames
         flags = code.co_flags
         self.is_async = bool(flags & _CO_COROUTINE)
-        self.async_generator = bool(flags & _CO_ASYNC_GENERATOR)
+        # Calling a generator function only makes a generator: its body would never run.
+        self.generator = (
+            "an async generator"
+            if flags & _CO_ASYNC_GENERATOR
+            else "a generator"
+            if flags & _CO_GENERATOR
+            else ""
+        )
         self.npos = npos
         self.posonly = code.co_posonlyargcount
         self.posnames = names[:npos]
@@ -59,7 +69,7 @@ class _Shape:
         self.varkw = bool(flags & _CO_VARKEYWORDS)
         # The common call, positional arguments only, is accepted when their number
         # lies in [fewest, most]; anything else takes the full check.
-        simple = not self.kwrequired and not self.async_generator
+        simple = not self.kwrequired and not self.generator
         self.fewest = self.required if simple else sys.maxsize
         self.most = sys.maxsize if self.varargs else npos
 
@@ -105,7 +115,19 @@ def _check_binding(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
     try:
         signature.bind(*args, **kwargs)
     except TypeError as exc:
-        raise TypeError(f"cannot schedule {_describe(fn)}: {exc}") from None
+        raise TypeError(f"cannot schedule {_describe(fn)}: {exc}{_option_hint(kwargs)}") from None
+
+
+def _option_hint(kwargs: Mapping[str, Any]) -> str:
+    """Point a task option passed to ``schedule()`` at ``task(...)``, where options go."""
+    options = sorted(OPTION_NAMES.intersection(kwargs))
+    if not options:
+        return ""
+    given = ", ".join(f"{name}={kwargs[name]!r}" for name in options)
+    return (
+        f". Task options are not arguments of schedule(): "
+        f"use .task({given}).schedule(func, ...) to set them"
+    )
 
 
 def _reject(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -115,14 +137,15 @@ def _reject(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any
     # a positional-only name slip into **kwargs), but the real call would fail.
     raise TypeError(
         f"cannot schedule {_describe(fn)}: these arguments do not fit its parameters "
-        f"({len(args)} positional, keywords {sorted(kwargs)})"
+        f"({len(args)} positional, keywords {sorted(kwargs)}){_option_hint(kwargs)}"
     )
 
 
-def _refuse_async_generator(fn: object) -> None:
+def _refuse_generator(fn: object, kind: str) -> None:
     raise TypeError(
-        f"cannot schedule {_describe(fn)}: it is an async generator function; "
-        "schedule a coroutine function or a plain function"
+        f"cannot schedule {_describe(fn)}: it is {kind} function, and calling it would only "
+        "make a generator without running its body; schedule a coroutine function or a "
+        "plain function"
     )
 
 
@@ -146,10 +169,13 @@ def _check_function(
     shape = _shapes.get(func.__code__) or _new_shape(func)
     if not shape.accepts(len(args) + bound, kwargs):
         _reject(fn, args, kwargs)
-    if func.__dict__:  # functools.wraps or a __signature__: inspect knows the real one
+    if shape.generator:
+        _refuse_generator(fn, shape.generator)
+    if func.__dict__:
+        # functools.wraps or a __signature__: inspect knows the real signature; and
+        # inspect.markcoroutinefunction() marks a plain function as async there.
         _check_binding(fn, args, kwargs)
-    if shape.async_generator:
-        _refuse_async_generator(fn)
+        return shape.is_async or inspect.iscoroutinefunction(func)
     return shape.is_async
 
 
@@ -186,5 +212,7 @@ def check_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> boo
     while isinstance(target, functools.partial):
         target = target.func
     if inspect.isasyncgenfunction(target):
-        _refuse_async_generator(fn)
+        _refuse_generator(fn, "an async generator")
+    if inspect.isgeneratorfunction(target):
+        _refuse_generator(fn, "a generator")
     return is_async_callable(fn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypedDict, cast
@@ -12,7 +13,11 @@ import anyio
 if TYPE_CHECKING:
     from ._task import Task
 
-__all__ = ["TaskConfig", "TaskErrorHandler", "TaskOptions"]
+__all__ = ["MAX_RETRY_DELAY", "OPTION_NAMES", "TaskConfig", "TaskErrorHandler", "TaskOptions"]
+
+MAX_RETRY_DELAY = 3600.0
+"""Longest wait between two attempts, in seconds, whatever ``retry_delay`` and
+``retry_backoff`` multiply up to (a large backoff would otherwise overflow)."""
 
 TaskErrorHandler = Callable[["Task[Any]", BaseException], "Awaitable[None] | None"]
 """Type of ``on_error`` handlers: ``(task, exc) -> None``, sync or async."""
@@ -43,12 +48,23 @@ class TaskOptions(TypedDict, total=False):
     run_on_failure: bool | None
 
 
-def check_number(name: str, value: object, *, minimum: float, strict: bool) -> None:
+def check_number(
+    name: str, value: object, *, minimum: float, strict: bool, finite: bool = True
+) -> None:
+    """Raise ``ValueError`` unless ``value`` is a real number above ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
+    if finite and math.isinf(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     if value < minimum or (strict and value == minimum):
         relation = ">" if strict else ">="
         raise ValueError(f"{name} must be {relation} {minimum:g}, got {value!r}")
+
+
+def check_int(name: str, value: object, *, minimum: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an ``int`` (not a ``bool``) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True, eq=True, repr=False)
@@ -89,10 +105,10 @@ class TaskConfig:
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = _UNSET
     limiter: anyio.CapacityLimiter | None = _UNSET
     run_on_failure: bool | None = _UNSET
-    _given: frozenset[str] = dataclasses.field(
-        default=frozenset(), init=False, compare=False, repr=False
-    )
-    _plain: bool = dataclasses.field(default=True, init=False, compare=False, repr=False)
+    # Compared too: TaskConfig(timeout=None) and TaskConfig() merge differently.
+    _given: frozenset[str] = dataclasses.field(default=frozenset(), init=False, repr=False)
+    plain: bool = dataclasses.field(default=True, init=False, compare=False, repr=False)
+    """Whether no ``timeout``, ``retries`` or ``limiter`` applies (the fast path)."""
 
     def __post_init__(self) -> None:
         given: list[str] = []
@@ -106,7 +122,7 @@ class TaskConfig:
                     _validate(field, value)
         object.__setattr__(self, "_given", frozenset(given))
         plain = self.timeout is None and not self.retries and self.limiter is None
-        object.__setattr__(self, "_plain", plain)
+        object.__setattr__(self, "plain", plain)
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -136,6 +152,8 @@ class TaskConfig:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(TaskConfig) if f.init)
+OPTION_NAMES = frozenset(_FIELDS)
+"""The names ``task(...)`` accepts."""
 
 
 def _validate(field: str, value: object) -> None:
@@ -146,13 +164,11 @@ def _validate(field: str, value: object) -> None:
         if not isinstance(value, bool):
             raise ValueError(f"{field} must be True, False or None, got {value!r}")
     elif field == "on_error":
-        if not callable(value):
-            raise ValueError(f"on_error must be callable as handler(task, exc), got {value!r}")
+        _check_handler(value)
     elif field == "timeout":
         check_number("timeout", value, minimum=0, strict=True)
     elif field == "retries":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"retries must be an int >= 0, got {value!r}")
+        check_int("retries", value, minimum=0)
     elif field == "retry_delay":
         check_number("retry_delay", value, minimum=0, strict=False)
     elif field == "retry_backoff":
@@ -165,3 +181,20 @@ def _validate(field: str, value: object) -> None:
             raise ValueError(f"retry_on must be a tuple of exception types, got {value!r}")
     elif not isinstance(value, anyio.CapacityLimiter):  # limiter
         raise ValueError(f"limiter must be an anyio.CapacityLimiter, got {value!r}")
+
+
+def _check_handler(handler: object) -> None:
+    """An ``on_error`` handler must accept ``(task, exc)``: refuse it now, not at a failure."""
+    if not callable(handler):
+        raise ValueError(f"on_error must be callable as handler(task, exc), got {handler!r}")
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):  # no signature to check (some builtins)
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError as exc:
+        name = getattr(handler, "__qualname__", None) or repr(handler)
+        raise ValueError(
+            f"on_error handler {name} must accept two arguments, (task, exc): {exc}"
+        ) from None

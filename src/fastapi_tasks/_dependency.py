@@ -1,91 +1,75 @@
-"""The per-request scheduler behind ``tasks: Tasks`` and its two batches."""
+"""The per-request scheduler behind ``tasks: Tasks``, and how far its request got.
+
+A request moves through one stage value: open (the endpoint runs), started (the
+response began: after-route work was handed over just before it), done (the last
+body message was sent: after-response work is handed over) or broken (the response
+could not be completed). A failure of the endpoint or of a dependency's teardown,
+learned from FastAPI's exit stacks, marks the request failed while it is still open:
+its after-route and after-response work is discarded then, except what was scheduled
+with ``run_on_failure=True``. Every hand-over and discard happens in ``_advance`` and
+``_fail``, on the event loop.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, MutableMapping
 from typing import Annotated, Any
 
 from fastapi import Depends
 from starlette.requests import HTTPConnection
-from starlette.types import Message, Send
+from starlette.types import Message, Receive, Send
 from starlette.websockets import WebSocketDisconnect
 
-from ._config import TaskConfig
 from ._fastapi_compat import on_endpoint_exit
-from ._manager import Scheduler, TaskManager
-from ._task import Task, TaskMode, TaskState
+from ._manager import Engine, Scheduler, TaskManager
+from ._runner import Chain
+from ._task import Work
 from .errors import FastAPITasksUninitializedAppError
 
-__all__ = ["SCOPE_KEY", "Batch", "RequestTasks", "Tasks"]
+__all__ = ["SCOPE_KEY", "RequestTasks", "Tasks"]
 
 SCOPE_KEY = "fastapi_tasks"
 
-# How far the response got, as far as the send hook saw it.
-_UNSEEN, _STARTED, _COMPLETE, _BROKEN = 0, 1, 2, 3
-
-
-class Batch(Scheduler):
-    """Work that starts at one later moment: ``tasks.after_route`` or ``tasks.after_response``."""
-
-    __slots__ = ("_mode", "_request")
-
-    def __init__(self, request: RequestTasks, mode: TaskMode) -> None:
-        self._request = request
-        self._mode: TaskMode = mode
-
-    def __repr__(self) -> str:
-        return f"<Batch {self._mode}>"
-
-    def _default_config(self) -> TaskConfig:
-        return self._request._manager._config
-
-    def _accept(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        is_async: bool,
-        config: TaskConfig | None,
-    ) -> Task[Any]:
-        manager = self._request._manager
-        task = manager._new_task(
-            func, args, kwargs, is_async, config or manager._config, self._mode
-        )
-        self._request._defer(task)
-        return task
+_OPEN, _STARTED, _DONE, _BROKEN = 0, 1, 2, 3
 
 
 class RequestTasks(Scheduler):
     """What an endpoint gets for ``tasks: Tasks``.
 
     ``schedule()`` starts work now; ``after_route`` and ``after_response`` are the
-    batches for the two later moments. All three are fire-and-forget.
+    schedulers for the two later moments. All three are fire-and-forget.
     """
 
     __slots__ = (
         "_after_response",
         "_after_route",
+        "_client_left",
         "_failed",
-        "_manager",
-        "_response_passed",
-        "_route_passed",
+        "_receive",
         "_scope",
         "_send",
         "_stage",
         "_watching",
     )
 
-    def __init__(self, manager: TaskManager, scope: MutableMapping[str, Any], send: Send) -> None:
-        self._manager = manager
+    def __init__(
+        self, engine: Engine, scope: MutableMapping[str, Any], receive: Receive, send: Send
+    ) -> None:
+        runner = engine.runner
+        self._engine = engine
+        self._mode = "immediate"
+        # On trio the request's work keeps its start order through a chain of its own.
+        self._target = Chain() if runner is not None and runner.ordered else None
+        self._config = None
         self._scope = scope
+        self._receive = receive
         self._send = send
-        self._after_route: list[Task[Any]] | None = None
-        self._after_response: list[Task[Any]] | None = None
-        self._route_passed = False
-        self._response_passed = False
+        self._after_route: list[Work] | None = None
+        self._after_response: list[Work] | None = None
+        self._stage = _OPEN
         self._failed = False
         self._watching = False
-        self._stage = _UNSEEN
+        self._client_left = False
 
     def __repr__(self) -> str:
         return f"<Tasks of {self._scope.get('type')} {self._scope.get('path')!r}>"
@@ -93,83 +77,117 @@ class RequestTasks(Scheduler):
     @property
     def manager(self) -> TaskManager:
         """The app's task manager."""
-        return self._manager
+        return self._engine.manager
 
-    # The batches are made on each access rather than kept: a kept batch and this
+    # The schedulers are made on each access rather than kept: a kept one and this
     # object would refer to each other, a cycle per request for the garbage collector.
 
     @property
-    def after_route(self) -> Batch:
-        """Work handed over after the endpoint returned, before the response starts."""
-        return Batch(self, "after_route")
+    def after_route(self) -> Scheduler:
+        """Work handed over after the endpoint returned, just before the response starts."""
+        return Scheduler(self._engine, "after_route", self, None)
 
     @property
-    def after_response(self) -> Batch:
+    def after_response(self) -> Scheduler:
         """Work handed over after the response's last byte was sent."""
-        return Batch(self, "after_response")
+        return Scheduler(self._engine, "after_response", self, None)
 
-    def _default_config(self) -> TaskConfig:
-        return self._manager._config
+    # -- deferred work (on the event loop) --------------------------------------
 
-    def _accept(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        is_async: bool,
-        config: TaskConfig | None,
-    ) -> Task[Any]:
-        return self._manager._accept(func, args, kwargs, is_async, config)
-
-    # -- deferred work ----------------------------------------------------------
-
-    def _defer(self, task: Task[Any]) -> None:
-        if task.mode == "after_route":
-            if self._route_passed:
-                self._manager._release_threadsafe(task)
+    def defer(self, work: Work) -> None:
+        """Take after-route or after-response work: now, later, or never."""
+        engine = self._engine
+        if self._failed and not work.config.run_on_failure:
+            engine.discard(work, "the endpoint raised")
+            return
+        stage = self._stage
+        if work.mode == "after_route":
+            if stage != _OPEN:
+                engine.hand_over(work, self._target)
                 return
             if self._after_route is None:
                 self._after_route = []
-            self._after_route.append(task)
+            self._after_route.append(work)
         else:
-            if self._response_passed:
-                self._manager._release_threadsafe(task)
+            if stage == _DONE:
+                engine.hand_over(work, self._target)
+                return
+            if stage == _BROKEN:
+                self._settle_broken(work)
                 return
             if self._after_response is None:
                 self._after_response = []
-            self._after_response.append(task)
-        if not self._watching:
-            self._watching = True
-            on_endpoint_exit(self._scope, self._endpoint_exited)
+            self._after_response.append(work)
+        if stage == _OPEN and not self._watching:
+            # Only while the endpoint runs: FastAPI's stacks are closed afterwards,
+            # and a hook pushed onto a closed stack would only make a garbage cycle.
+            self._watching = on_endpoint_exit(self._scope, self._exited)
 
-    def _release_route(self, failed: bool) -> None:
+    def _exited(self, exc_type: type[BaseException] | None) -> None:
+        """Exit hook on FastAPI's function and request exit stacks."""
+        if (
+            exc_type is not None
+            and self._stage == _OPEN
+            and not issubclass(exc_type, WebSocketDisconnect)
+        ):
+            self._fail("the endpoint raised")
+
+    def _fail(self, reason: str) -> None:
+        """The endpoint or a dependency's teardown failed: drop what may not run."""
+        self._failed = True
+        self._after_route = self._keep_on_failure(self._after_route, reason)
+        self._after_response = self._keep_on_failure(self._after_response, reason)
+
+    def _keep_on_failure(self, waiting: list[Work] | None, reason: str) -> list[Work] | None:
+        if not waiting:
+            return waiting
+        keep: list[Work] = []
+        for work in waiting:
+            if work.config.run_on_failure:
+                keep.append(work)
+            else:
+                self._engine.discard(work, reason)
+        return keep
+
+    def _settle_broken(self, work: Work) -> None:
+        if work.config.run_on_failure:
+            self._engine.hand_over(work, self._target)
+        else:
+            self._engine.discard(work, "the response could not be completed")
+
+    def _pass_route(self) -> None:
+        """The response starts (or the handler ended without one): hand after-route work over."""
+        self._stage = _STARTED
         waiting = self._after_route
-        self._after_route = None
-        self._route_passed = True
         if waiting:
-            self._manager._release_all(waiting, failed, "the endpoint raised")
+            self._after_route = None
+            for work in waiting:
+                self._engine.hand_over(work, self._target)
 
-    def _release_response(self, failed: bool, reason: str) -> None:
+    def _complete(self) -> None:
+        self._stage = _DONE
         waiting = self._after_response
-        self._after_response = None
-        self._response_passed = True
-        self._manager._release_all(waiting or (), failed, reason)
+        if waiting:
+            self._after_response = None
+            for work in waiting:
+                self._engine.hand_over(work, self._target)
 
-    def _endpoint_exited(self, exc_type: type[BaseException] | None) -> None:
-        failed = exc_type is not None and not issubclass(exc_type, WebSocketDisconnect)
-        self._failed = failed
-        self._release_route(failed)
+    def _break(self) -> None:
+        self._stage = _BROKEN
         waiting = self._after_response
-        if failed and waiting:
-            keep: list[Task[Any]] = []
-            for task in waiting:
-                if task.config.run_on_failure:
-                    keep.append(task)
-                elif task.state is TaskState.PENDING:
-                    self._manager._discard(task, "the endpoint raised")
-            self._after_response = keep
+        if waiting:
+            self._after_response = None
+            for work in waiting:
+                self._settle_broken(work)
 
-    # -- the send hook ----------------------------------------------------------
+    # -- the app's receive and send ---------------------------------------------
+
+    async def receive(self) -> Message:
+        """The ``receive`` the app below us gets: notes a client that left."""
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self._client_left = True
+        return message
 
     def send(self, message: Message) -> Awaitable[None]:
         """The ``send`` the app below us gets.
@@ -178,48 +196,58 @@ class RequestTasks(Scheduler):
         waits, goes through a coroutine of ours (to act once it was sent); every
         other message is passed straight on, noting how far the response got.
         """
-        if self._after_route:
-            # Any response message means the endpoint is done (the exit hook of
-            # FastAPI's function stack normally got here first).
-            self._release_route(self._failed)
         kind = message["type"]
         if kind == "http.response.start":
-            self._stage = _STARTED
+            if self._stage == _OPEN:
+                if (
+                    not self._watching
+                    and (self._after_route or self._after_response)
+                    and message.get("status", 200) >= 400
+                ):
+                    # No exit stack to learn failures from (see _fastapi_compat):
+                    # an error status is the only sign left of a failed endpoint.
+                    self._fail("the response is an error")
+                self._pass_route()
         elif (kind == "http.response.body" and not message.get("more_body", False)) or (
             kind == "http.response.pathsend"
         ):
             if self._after_response:
                 return self._send_last(message)
-            self._stage = _COMPLETE
+            if self._stage == _STARTED:
+                self._stage = _DONE
         return self._send(message)
 
     async def _send_last(self, message: Message) -> None:
+        self._client_left = False
         try:
             await self._send(message)
-        except self._manager._cancelled_exc:
-            # The app's own cancel scope stopped the send, not the transport: a
-            # server only reports the disconnect Starlette listens for once it is
-            # done writing (hypercorn does so inside this very send). A transport
-            # that failed to write raises an error instead (below).
-            self._stage = _COMPLETE
-            self._release_response(False, "")
+        except self._engine.cancelled_exc:
+            # A cancelled final send was not delivered (SPEC 2.7), unless the server
+            # reported the client gone while the send ran: hypercorn does so only
+            # after it wrote the last bytes, and Starlette then cancels the send.
+            if self._client_left:
+                self._complete()
+            else:
+                self._break()
             raise
         except BaseException:
-            self._stage = _BROKEN
+            self._break()
             raise
-        self._stage = _COMPLETE
-        self._release_response(False, "")
+        self._complete()
 
     def end(self, failed: bool) -> None:
         """The app returned (or raised): settle whatever still waits."""
-        if not self._after_route and not self._after_response:
-            # Nothing waits (the common case); work scheduled from now on starts at once.
-            self._route_passed = self._response_passed = True
+        stage = self._stage
+        if stage == _DONE:
             return
-        self._release_route(failed or self._failed)
-        incomplete = failed or self._stage in (_STARTED, _BROKEN)
-        reason = "the request failed" if failed else "the response could not be completed"
-        self._release_response(incomplete, reason)
+        if stage == _OPEN:
+            if failed:
+                self._fail("the request failed")
+            self._pass_route()
+        if self._scope["type"] == "websocket" and not failed:
+            self._complete()  # the handler returned and the socket is closed
+        elif self._stage != _BROKEN:
+            self._break()
 
 
 async def _request_tasks(connection: HTTPConnection) -> RequestTasks:

@@ -1,13 +1,15 @@
 """The one place that touches FastAPI internals (SPEC section 2, rule 8).
 
-FastAPI closes an ``AsyncExitStack`` stored in ``scope["fastapi_function_astack"]``
-right after the endpoint function (and its response serialization) finished, and
-before the response is sent. An exit callback pushed onto it tells us, at no cost
-to requests that don't use it, the exact "after route" moment and whether the
-endpoint raised. There is no public hook for either. ``tests/test_fastapi_compat.py``
-fails loudly if FastAPI renames or drops the key; without it the library still
-works, handing after-route work over at ``http.response.start`` and learning of
-failures only from exceptions that leave the app.
+FastAPI keeps two ``AsyncExitStack``s in the request scope: one for function-scoped
+dependencies, closed right after the endpoint returned and before the response is
+sent (``fastapi_function_astack``), and one for the request (``fastapi_inner_astack``),
+which an exception from a function-scoped teardown passes through before FastAPI
+turns it into an error response. An exit callback pushed onto both tells us, at no
+cost to requests that schedule nothing for later, whether the endpoint or one of its
+dependencies' teardowns raised. There is no public hook for that.
+``tests/test_fastapi_compat.py`` fails loudly if FastAPI renames or drops the keys or
+changes the order the exits run in. Without either stack the library falls back to
+the response's status: an error status (400 or above) marks the request failed.
 
 The app's merged telemetry settings (which tracer provider, whether tracing and
 operation spans are on) are read from ``app._telemetry`` for the same reason.
@@ -21,6 +23,7 @@ from types import TracebackType
 from typing import Any, cast
 
 FUNCTION_STACK_KEY = "fastapi_function_astack"
+REQUEST_STACK_KEY = "fastapi_inner_astack"
 TELEMETRY_ATTRIBUTE = "_telemetry"
 
 EndpointExit = Callable[[type[BaseException] | None], None]
@@ -48,12 +51,18 @@ class _ExitHook(AbstractContextManager[None]):
 
 
 def on_endpoint_exit(scope: MutableMapping[str, Any], callback: EndpointExit) -> bool:
-    """Call ``callback(exc_type)`` when the endpoint finished; False if unsupported."""
-    stack = scope.get(FUNCTION_STACK_KEY)
-    if not isinstance(stack, AsyncExitStack):
-        return False
-    stack.push(_ExitHook(callback))
-    return True
+    """Call ``callback(exc_type)`` as each of FastAPI's exit stacks closes.
+
+    Returns False when the scope holds neither stack (not a FastAPI route, or a
+    FastAPI that changed its internals): then nothing was pushed.
+    """
+    pushed = False
+    for key in (FUNCTION_STACK_KEY, REQUEST_STACK_KEY):
+        stack = scope.get(key)
+        if isinstance(stack, AsyncExitStack):
+            stack.push(_ExitHook(callback))
+            pushed = True
+    return pushed
 
 
 def telemetry_config(app: object) -> Mapping[str, Any] | None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
@@ -13,13 +11,13 @@ from starlette.types import ASGIApp
 from ._asgi import TasksMiddleware
 from ._config import TaskConfig
 from ._fastapi_compat import telemetry_config
-from ._manager import TaskManager, find_current_manager
+from ._manager import Engine, TaskManager, find_current_manager
 from ._otel import tracer_from_telemetry
 from .errors import FastAPITasksAlreadyInstalledError, FastAPITasksUninitializedAppError
 
 __all__ = ["add_tasks", "get_task_manager"]
 
-_managers: weakref.WeakKeyDictionary[Starlette, TaskManager] = weakref.WeakKeyDictionary()
+_engines: weakref.WeakKeyDictionary[Starlette, Engine] = weakref.WeakKeyDictionary()
 
 
 def add_tasks(
@@ -34,7 +32,8 @@ def add_tasks(
     """Give ``app`` a task manager and return it.
 
     The manager starts with the app's lifespan, before the app's own startup
-    code, and drains before the app's own shutdown code runs.
+    code, and drains before the app's own shutdown code runs, and before the
+    shutdown of every router included in it, whenever it was included.
 
     Args:
         app: The FastAPI (or Starlette) application.
@@ -50,77 +49,80 @@ def add_tasks(
             than silently running the work in process.
 
     Raises:
+        TypeError: ``app`` is not a FastAPI or Starlette application.
         FastAPITasksAlreadyInstalledError: ``add_tasks`` already ran on this app.
         RuntimeError: The app already started serving (its middleware stack is built).
         NotImplementedError: A ``broker`` was given.
     """
+    if not isinstance(app, Starlette):
+        raise TypeError(
+            f"add_tasks() needs a FastAPI or Starlette application, got {app!r} of type "
+            f"{type(app).__qualname__}"
+        )
     if broker is not None:
         raise NotImplementedError(
             "distributed mode (add_tasks(app, broker=...)) is not available in this release; "
             "work runs in the web process"
         )
-    if app in _managers:
+    if app in _engines:
         raise FastAPITasksAlreadyInstalledError("add_tasks() was already called on this app")
     if app.middleware_stack is not None:
         raise RuntimeError("add_tasks() must be called before the app starts serving")
-    manager = TaskManager(
+    engine = Engine(
         config=config,
         max_concurrency=max_concurrency,
         max_threads=max_threads,
         shutdown_timeout=shutdown_timeout,
     )
-    app_lifespan = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncGenerator[Any, None]:
-        tracer = tracer_from_telemetry(telemetry_config(app))
-        async with manager.lifespan(tracer), app_lifespan(app) as state:
-            # The app's own startup may have just set the global tracer provider.
-            manager._tracer = tracer_from_telemetry(telemetry_config(app))
-            try:
-                yield state
-            finally:
-                # Drain our work while the app's resources (its DB pools...) still exist.
-                await manager.aclose()
-
-    app.router.lifespan_context = lifespan
     build_middleware_stack = app.build_middleware_stack
 
+    def refresh_tracer() -> None:
+        engine.tracer = tracer_from_telemetry(telemetry_config(app))
+
     def build_with_tasks() -> ASGIApp:
-        # Outside every other layer, ServerErrorMiddleware included: the send hook
-        # sees the bytes that really leave the app (a 500 too), whatever middleware
-        # is added after add_tasks().
-        return TasksMiddleware(build_middleware_stack(), manager)
+        # Outside every other layer, ServerErrorMiddleware included: the lifespan
+        # reaches us first, and the send hook sees the bytes that really leave the
+        # app (a 500 too), whatever middleware is added after add_tasks().
+        return TasksMiddleware(build_middleware_stack(), engine, refresh_tracer)
 
     # Starlette builds the stack through this public method on first use; wrapping
     # it is the one way to sit outside ServerErrorMiddleware.
     setattr(app, "build_middleware_stack", build_with_tasks)  # noqa: B010
-    _managers[app] = manager
-    return manager
+    _engines[app] = engine
+    return engine.manager
 
 
 def get_task_manager(app: Starlette | None = None) -> TaskManager:
     """Return the task manager of ``app``, or of the app serving the current request or task.
 
     Args:
-        app: The app whose manager to return. Without it, the manager of the app
-            that serves the current request, task or lifespan is returned.
+        app: The app whose manager to return. Inside a request of an app mounted
+            under another one, ``get_task_manager(request.app)`` returns the
+            manager that serves the request (the outer app's). Without ``app``,
+            the manager of the app that serves the current request, task or
+            lifespan is returned, however many apps run in the process.
 
     Raises:
         FastAPITasksUninitializedAppError: ``app`` has no manager, or no app is
             in context and none was given.
     """
+    current = find_current_manager()
     if app is None:
-        manager = find_current_manager()
-        if manager is None:
+        if current is None:
             raise FastAPITasksUninitializedAppError(
                 "no app with a task manager in this context: call get_task_manager(app), "
                 "and make sure add_tasks(app) was called"
             )
-        return manager
-    manager = _managers.get(app)
-    if manager is None:
+        return current
+    engine = _engines.get(app)
+    if engine is not None and engine.has_started:
+        return engine.manager
+    # A mounted app's own lifespan never runs: the manager serving it is the one
+    # of the app it is mounted under, the one in this request's context.
+    if current is not None:
+        return current
+    if engine is None:
         raise FastAPITasksUninitializedAppError(
             "this app has no task manager: call add_tasks(app) first"
         )
-    return manager
+    return engine.manager

@@ -1,92 +1,100 @@
-"""The app-level task manager: admission, limits, bookkeeping, join and shutdown."""
+"""The app's task manager: admission, limits, bookkeeping, join and shutdown.
+
+``Engine`` holds the state and is its one writer; every change in a task's life goes
+through one of its ``mark_*``/``settle`` methods, which keep the counters, write the
+log lines and publish the lifecycle event. ``TaskManager`` is the public face users
+get from ``add_tasks()``; ``Scheduler`` is the small value behind every
+``schedule()``/``task()`` call: which engine, which moment, which options.
+"""
 
 from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import logging
-from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
-from threading import get_ident
-from typing import Any, Literal, TypeVar, overload
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import AbstractContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import anyio
 from typing_extensions import ParamSpec, Unpack
 
 from ._call import check_call
-from ._config import TaskConfig, TaskOptions, check_number
-from ._runner import Runner, open_runner
-from ._task import (
-    CANCELLED,
-    DISCARDED,
-    SUCCEEDED,
-    Event,
-    Task,
-    TaskMode,
-    TaskState,
+from ._config import TaskConfig, TaskOptions, check_int, check_number
+from ._events import (
+    Listener,
+    Listeners,
+    current_work,
+    log_discarded,
+    log_retry,
+    log_succeeded,
+    logger,
 )
-from ._threads import ThreadJob
+from ._execute import execute
+from ._runner import Chain, Runner, open_runner
+from ._task import PENDING, RUNNING, Event, Task, TaskMode, TaskState, Work
+from ._threads import ThreadJob, WorkerThreads
 from .errors import FastAPITasksClosedError, FastAPITasksError, FastAPITasksNotStartedError
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
 __all__ = [
+    "Deferrer",
+    "Engine",
     "Scheduler",
     "TaskManager",
     "TaskStats",
     "current_manager",
     "find_current_manager",
-    "running_managers",
 ]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-logger = logging.getLogger("fastapi_tasks")
+
+SUCCEEDED = TaskState.SUCCEEDED
+FAILED = TaskState.FAILED
+CANCELLED = TaskState.CANCELLED
+DISCARDED = TaskState.DISCARDED
 
 current_manager: contextvars.ContextVar[TaskManager | None] = contextvars.ContextVar(
     "fastapi_tasks_manager", default=None
 )
-"""The manager of the app whose lifespan, request or task this code runs in.
+"""The manager of the app whose lifespan or request this code runs in."""
 
-Requests set it only while several managers run in the process (see
-``running_managers``): with one, that one is the answer, and a request saves the
-cost of setting a context variable.
-"""
-
-running_managers: list[TaskManager] = []
+_running: list[TaskManager] = []
 """Managers between lifespan startup and the end of shutdown, oldest first."""
 
 
 def find_current_manager() -> TaskManager | None:
-    """The manager for code running now: from the context, else the only one running."""
+    """The manager for code running now: the task's, the request's, else the only one."""
+    work = current_work.get()
+    if work is not None:
+        found: TaskManager = work.owner.manager
+        return found
     manager = current_manager.get()
-    if manager is None and len(running_managers) == 1:
-        manager = running_managers[0]
+    if manager is None and len(_running) == 1:
+        manager = _running[0]
     return manager
-
-
-_Phase = Literal["new", "running", "closing", "closed"]
-
-
-def _check_type(name: str, value: object, kind: type) -> None:
-    if value is not None and not isinstance(value, kind):
-        raise TypeError(f"{name} must be a {kind.__name__}, got {value!r}")
-
-
-def _check_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskStats:
     """A snapshot of a manager's counters.
 
+    They add up at every moment: ``scheduled == pending + running + succeeded +
+    failed + cancelled + discarded``.
+
     Attributes:
-        scheduled: Tasks handed to the manager since it was created.
+        scheduled: Tasks created by ``schedule()`` since the manager was created,
+            after-route and after-response work included from the moment it was
+            scheduled.
         pending: Tasks that have not started: waiting for their request's moment,
             for a free slot (``max_concurrency``), or for the event loop.
-        running: Live tasks whose first attempt has begun.
+        running: Tasks whose first attempt has begun and that have not ended.
         succeeded: Tasks that returned.
         failed: Tasks whose last attempt raised.
         cancelled: Tasks cancelled by ``cancel()`` or at shutdown.
@@ -105,23 +113,36 @@ class TaskStats:
     retries: int
 
 
+class Deferrer(Protocol):
+    """Where after-route and after-response work waits for its moment (a request)."""
+
+    def defer(self, work: Work) -> None: ...
+
+
 class Scheduler:
-    """Something with ``schedule()`` and ``task(**options)``."""
+    """Schedules work for one moment with one set of options.
 
-    __slots__ = ()
+    ``tasks``, ``tasks.after_route``, ``tasks.after_response`` and the manager are
+    schedulers; ``task(**options)`` returns a new one with the options merged in.
+    """
 
-    def _accept(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        is_async: bool,
-        config: TaskConfig | None,
-    ) -> Task[Any]:
-        raise NotImplementedError  # pragma: no cover
+    __slots__ = ("_config", "_engine", "_mode", "_target")
 
-    def _default_config(self) -> TaskConfig:
-        raise NotImplementedError  # pragma: no cover
+    def __init__(
+        self, engine: Engine, mode: TaskMode, target: Any, config: TaskConfig | None
+    ) -> None:
+        self._engine = engine
+        self._mode: TaskMode = mode
+        self._target = target  # immediate: the start-order chain; later: the request
+        self._config = config  # None: the manager's defaults, read at schedule time
+
+    def __repr__(self) -> str:
+        return f"<Scheduler {self._mode} {self.config!r}>"
+
+    @property
+    def config(self) -> TaskConfig:
+        """The options the scheduled work will run with (before the function's own name)."""
+        return self._config or self._engine.config
 
     @overload
     def schedule(
@@ -131,6 +152,9 @@ class Scheduler:
     def schedule(self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Task[R]: ...
     def schedule(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Task[Any]:
         """Schedule ``func(*args, **kwargs)`` and return its [`Task`][fastapi_tasks.Task] handle.
+
+        Safe to call from any thread (a ``def`` endpoint, a sync task): the work
+        is always handed to the event loop that runs the app's lifespan.
 
         Args:
             func: A coroutine function (runs on the event loop) or a plain function
@@ -142,57 +166,403 @@ class Scheduler:
             The handle of the scheduled work.
 
         Raises:
-            TypeError: ``func`` is not callable, is a coroutine object, or the
-                arguments do not fit its signature. Nothing is scheduled.
+            TypeError: ``func`` is not callable, is a coroutine object or a
+                generator function, or the arguments do not fit its signature.
+                Nothing is scheduled.
             FastAPITasksNotStartedError: The app's lifespan has not started.
             FastAPITasksClosedError: The app's shutdown has begun.
+            FastAPITasksWrongLoopError: Called from an event loop other than the
+                one that runs the app's lifespan.
         """
-        # None stands for the scheduler's default options: resolving them here would
-        # cost every call a method call.
-        return self._accept(func, args, kwargs, check_call(func, args, kwargs), None)
+        return self._engine.submit(
+            func,
+            args,
+            kwargs,
+            check_call(func, args, kwargs),
+            self._config,
+            self._mode,
+            self._target,
+        )
 
-    def task(self, **options: Unpack[TaskOptions]) -> ConfiguredScheduler:
-        """Return a scheduler whose work runs with ``options`` merged over the defaults.
+    def task(self, **options: Unpack[TaskOptions]) -> Scheduler:
+        """Return a scheduler whose work runs with ``options`` merged over these defaults.
 
         Args:
             **options: Any field of [`TaskConfig`][fastapi_tasks.TaskConfig]; a field
                 given as ``None`` switches an inherited value off.
 
         Returns:
-            A scheduler with the same ``schedule()`` and ``task()``.
+            A scheduler with the same ``schedule()`` and ``task()``, for the same moment.
 
         Raises:
             ValueError: An option value is invalid.
         """
-        return ConfiguredScheduler(self, self._default_config().merge(TaskConfig(**options)))
+        merged = self.config.merge(TaskConfig(**options))
+        return Scheduler(self._engine, self._mode, self._target, merged)
 
 
-class ConfiguredScheduler(Scheduler):
-    """A scheduler with options applied; returned by ``task(**options)``."""
+_NEW, _RUNNING, _CLOSING, _CLOSED = "new", "running", "closing", "closed"
 
-    __slots__ = ("_config", "_target")
 
-    def __init__(self, target: Scheduler, config: TaskConfig) -> None:
-        self._target = target
-        self._config = config
+class Engine:
+    """The manager's state and its one writer (not part of the public API)."""
+
+    def __init__(
+        self,
+        *,
+        config: TaskConfig | None,
+        max_concurrency: int | None,
+        max_threads: int,
+        shutdown_timeout: float,
+    ) -> None:
+        if config is not None and not isinstance(config, TaskConfig):
+            raise TypeError(f"config must be a TaskConfig, got {config!r}")
+        if max_concurrency is not None:
+            check_int("max_concurrency", max_concurrency, minimum=1)
+        check_int("max_threads", max_threads, minimum=1)
+        check_number("shutdown_timeout", shutdown_timeout, minimum=0, strict=False, finite=False)
+        self.config = config or TaskConfig()
+        self.max_concurrency = max_concurrency
+        self.max_threads = max_threads
+        self.shutdown_timeout = float(shutdown_timeout)
+        self.shield_warning_interval = 5.0
+        self.phase = _NEW
+        self.runner: Runner | None = None
+        self.threads: WorkerThreads | None = None
+        self.tracer: Tracer | None = None
+        self.cancelled_exc: type[BaseException] = BaseException
+        self.handlers_cancelled = False
+        self.log_successes = False
+        self.chain = Chain()  # start order of work scheduled outside requests (trio)
+        self.listeners = Listeners()
+        # Every task from schedule() until settle(); those handed over to the runner
+        # (pending or running); those waiting for a max_concurrency slot; those a
+        # thread scheduled that have not reached the loop yet.
+        self.unfinished: dict[Work, None] = {}
+        self.live: dict[Work, None] = {}
+        self.waiting: OrderedDict[Work, None] = OrderedDict()
+        self.in_transit: dict[Work, None] = {}
+        self.active = 0
+        self.idle: Event | None = None
+        self.scheduled = 0
+        self.started = 0
+        self.ended_started = 0
+        self.retries = 0
+        self.counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
+        self.manager = TaskManager(self)
 
     @property
-    def config(self) -> TaskConfig:
-        """The merged options the scheduled work will run with."""
-        return self._config
+    def has_started(self) -> bool:
+        """Whether a lifespan ever started this manager."""
+        return self.phase != _NEW
 
-    def _default_config(self) -> TaskConfig:
-        return self._config
+    # -- scheduling -------------------------------------------------------------
 
-    def _accept(
+    def refusal(self) -> FastAPITasksError:
+        if self.phase == _NEW:
+            return FastAPITasksNotStartedError(
+                "the task manager is not running: it starts with the app's lifespan, which "
+                "has not run. If the server runs with the lifespan off (uvicorn "
+                "--lifespan off), turn it on; in tests, use 'with TestClient(app):' or "
+                "fastapi_tasks.testing.run_lifespan(app)"
+            )
+        return FastAPITasksClosedError("cannot schedule work: the app is shutting down")
+
+    def submit(
         self,
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         is_async: bool,
         config: TaskConfig | None,
+        mode: TaskMode,
+        target: Any,
     ) -> Task[Any]:
-        return self._target._accept(func, args, kwargs, is_async, config or self._config)
+        runner = self.runner
+        if runner is None or self.phase != _RUNNING:
+            raise self.refusal()
+        work = Work(self, func, args, kwargs, config or self.config, mode, is_async)
+        task: Task[Any] = Task(work)
+        if runner.on_loop_thread():
+            self.accept(work, target)
+            return task
+        work.context = contextvars.copy_context()
+        # Unfinished from now on, so a join() racing with the hand-over waits for it.
+        self.in_transit[work] = None
+        try:
+            runner.call_soon_threadsafe(self.arrive, work, target)
+        except RuntimeError:  # the loop ended since the check above
+            self.in_transit.pop(work, None)
+            raise self.refusal() from None
+        return task
+
+    def arrive(self, work: Work, target: Any) -> None:
+        """Work a thread scheduled reaches the loop."""
+        self.in_transit.pop(work, None)
+        self.accept(work, target)
+
+    def accept(self, work: Work, target: Any) -> None:
+        self.unfinished[work] = None
+        self.scheduled += 1
+        if self.listeners:
+            self.listeners.publish("scheduled", work)
+        if work.mode == "immediate":
+            self.hand_over(work, target)
+            return
+        if work.context is None:
+            work.context = contextvars.copy_context()
+        deferrer: Deferrer = target
+        deferrer.defer(work)
+
+    def hand_over(self, work: Work, chain: Chain | None) -> None:
+        """Give work whose moment has come to the runner, or queue it for a slot."""
+        if work.state is not PENDING:  # cancelled while it waited for its moment
+            return
+        if self.phase != _RUNNING:
+            self.discard(work, "the app was shutting down")
+            return
+        self.live[work] = None
+        limit = self.max_concurrency
+        if limit is None:  # no slots to count
+            self.runner.start(work, execute(work, self), chain)  # type: ignore[union-attr]
+            return
+        if self.active >= limit:
+            if work.context is None:
+                # It starts later, from whichever task frees a slot: keep the
+                # scheduler's contextvars (and tracing parent) with it.
+                work.context = contextvars.copy_context()
+            work.chain = chain
+            self.waiting[work] = None
+            return
+        work.admitted = True
+        self.active += 1
+        self.runner.start(work, execute(work, self), chain)  # type: ignore[union-attr]
+
+    def discard(self, work: Work, reason: str) -> None:
+        """End work that never started because its request failed: counted and logged."""
+        if work.state is PENDING:
+            self.settle(work, DISCARDED, reason)
+
+    def cancel(self, work: Work) -> None:
+        """``Task.cancel()``, from any thread."""
+        runner = self.runner
+        if runner is None or runner.on_loop_thread():
+            self.cancel_now(work)
+        else:
+            runner.call_soon_threadsafe(self.cancel_now, work)
+
+    def cancel_now(self, work: Work) -> None:
+        if work.state is RUNNING:
+            work.cancel_target.cancel()  # type: ignore[union-attr]
+        elif work.state is PENDING:
+            if work in self.in_transit:  # cancel it once it arrived
+                self.runner.call_soon_threadsafe(self.cancel_now, work)  # type: ignore[union-attr]
+                return
+            target = work.cancel_target
+            self.waiting.pop(work, None)
+            self.settle(work, CANCELLED)
+            if target is not None:  # handed to the runner, not started
+                target.cancel()
+
+    # -- what the executor needs ------------------------------------------------
+
+    def span(self, task: Task[Any]) -> AbstractContextManager[None] | None:
+        tracer = self.tracer
+        if tracer is None:
+            return None
+        from ._otel import task_span
+
+        return task_span(tracer, task)
+
+    def mark_started(self, work: Work) -> None:
+        work.state = RUNNING
+        work.attempts = 1
+        work.started_at = time.perf_counter()
+        self.started += 1
+        if work.started is not None:
+            work.started.set()
+        if self.listeners:
+            self.listeners.publish("started", work)
+
+    def mark_retrying(self, work: Work, exc: BaseException, wait: float) -> None:
+        self.retries += 1
+        log_retry(work, exc, wait)
+        if self.listeners:
+            self.listeners.publish("retrying", work, exc)
+
+    def settle(self, work: Work, state: TaskState, reason: str = "") -> None:
+        """Write the final state: the one place a task ends."""
+        work.state = state
+        work.ended_at = time.perf_counter()
+        # What the finished handle must not keep alive: the scheduling context (a
+        # request's whole state), the runner's objects, the wait for a thread.
+        work.context = work.cancel_target = work.chain = work.busy_thread = None
+        self.unfinished.pop(work, None)
+        self.live.pop(work, None)
+        self.counts[state] += 1
+        if work.attempts:
+            self.ended_started += 1
+        if work.admitted:
+            work.admitted = False
+            self.active -= 1
+            self.start_waiting()
+        if work.started is not None:
+            work.started.set()  # a waiter on task.started must not wait forever
+        if work.done is not None:
+            work.done.set()
+        if state is SUCCEEDED:
+            if self.log_successes:
+                log_succeeded(work)
+        elif state is DISCARDED and logger.isEnabledFor(logging.DEBUG):
+            log_discarded(work, reason)
+        if self.listeners:
+            self.listeners.publish("finished", work, work.exception)
+        work.handle = None
+        if self.idle is not None and not self.live:
+            self.idle.set()
+            self.idle = None
+
+    def start_waiting(self) -> None:
+        waiting = self.waiting
+        limit: int = self.max_concurrency  # type: ignore[assignment]
+        while waiting and self.active < limit:
+            work, _ = waiting.popitem(last=False)
+            chain, work.chain = work.chain, None
+            work.admitted = True
+            self.active += 1
+            self.runner.start(work, execute(work, self), chain)  # type: ignore[union-attr]
+
+    async def call_sync(
+        self,
+        work: Work,
+        func: Callable[[], Any],
+        limiter: anyio.CapacityLimiter | None,
+        time_limit: float | None,
+    ) -> Any:
+        runner, threads = self.runner, self.threads
+        if runner is None or threads is None:  # `await task()` on sync work after shutdown
+            raise self.refusal()
+        job = ThreadJob(runner, limiter)
+        try:
+            return await job.call(threads, func, time_limit)
+        except BaseException:
+            if job.abandoned:
+                work.busy_thread = job.finished
+                what = "its on_error handler" if work.exception is not None else "sync work"
+                logger.warning(
+                    "task %s (id %s): %s is still running in its thread and was abandoned; "
+                    "the thread stays busy until it returns, and its result is dropped",
+                    work.name,
+                    work.id,
+                    what,
+                )
+            raise
+
+    async def call_again(self, work: Work) -> Any:
+        if work.is_async:
+            return await work.func(*work.args, **work.kwargs)
+        call = functools.partial(work.func, *work.args, **work.kwargs)
+        return await self.call_sync(work, call, None, None)
+
+    def new_event(self) -> Event:
+        runner = self.runner
+        if runner is None:
+            return anyio.Event()
+        return runner.new_event()
+
+    # -- join, stats ------------------------------------------------------------
+
+    def refuse_own_task(self, what: str) -> None:
+        work = current_work.get()
+        if work is not None and work.owner is self:
+            raise RuntimeError(
+                f"{what} was called inside task {work.name} (id {work.id}) of the same "
+                "manager: it would wait for itself. Join from outside the manager's tasks"
+            )
+
+    async def wait_idle(self, include_deferred: bool) -> None:
+        while self.live or (include_deferred and (self.unfinished or self.in_transit)):
+            if self.idle is None:
+                self.idle = self.new_event()
+            await self.idle.wait()
+
+    def stats(self) -> TaskStats:
+        counts = self.counts
+        ended_pending = sum(counts.values()) - self.ended_started
+        return TaskStats(
+            scheduled=self.scheduled,
+            pending=self.scheduled - self.started - ended_pending,
+            running=self.started - self.ended_started,
+            succeeded=counts[SUCCEEDED],
+            failed=counts[FAILED],
+            cancelled=counts[CANCELLED],
+            discarded=counts[DISCARDED],
+            retries=self.retries,
+        )
+
+    # -- lifespan ---------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncGenerator[None, None]:
+        if self.phase in (_RUNNING, _CLOSING):
+            raise FastAPITasksError("this task manager is already running")
+        async with open_runner() as runner:
+            self.runner = runner
+            self.cancelled_exc = runner.cancelled_exc
+            # Read once: a per-task isEnabledFor() call would cost every task.
+            self.log_successes = logger.isEnabledFor(logging.DEBUG)
+            threads = self.threads = WorkerThreads(self.max_threads, "fastapi-tasks")
+            self.handlers_cancelled = False
+            self.phase = _RUNNING
+            token = current_manager.set(self.manager)
+            _running.append(self.manager)
+            try:
+                yield
+            finally:
+                current_manager.reset(token)
+                try:
+                    await self.aclose()
+                finally:
+                    threads.close()
+                    self.threads = None
+                    _running.remove(self.manager)
+
+    async def aclose(self) -> None:
+        if self.phase != _RUNNING:
+            return
+        self.phase = _CLOSING
+        before = dict(self.counts)
+        try:
+            if self.live and self.shutdown_timeout > 0:
+                with anyio.move_on_after(self.shutdown_timeout):
+                    await self.wait_idle(include_deferred=False)
+            self.handlers_cancelled = True
+            for work in list(self.live):
+                if not work.config.shielded:
+                    self.cancel_now(work)
+                elif work.handler_scope is not None:
+                    work.handler_scope.cancel()
+            while self.live:
+                with anyio.move_on_after(self.shield_warning_interval):
+                    await self.wait_idle(include_deferred=False)
+                if self.live:
+                    logger.warning(
+                        "shutdown is waiting for %d task(s) that must finish first: %s",
+                        len(self.live),
+                        ", ".join(f"{work.name} (id {work.id})" for work in list(self.live)),
+                    )
+        finally:
+            self.phase = _CLOSED
+            self.runner = None
+            done = {state: self.counts[state] - before[state] for state in before}
+            logger.info(
+                "task manager stopped: %d completed, %d failed, %d cancelled, %d discarded "
+                "during shutdown",
+                done[SUCCEEDED],
+                done[FAILED],
+                done[CANCELLED],
+                done[DISCARDED],
+            )
 
 
 class TaskManager(Scheduler):
@@ -200,102 +570,58 @@ class TaskManager(Scheduler):
 
     It runs every task of the app, schedules immediate work outside requests
     (on startup, in WebSocket loops, inside other tasks), and is what tests
-    ``join()`` on. Find it with ``get_task_manager()``.
+    ``join()`` on. Find it with ``get_task_manager()``; it is never built by hand.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_active",
-        "_cancelled_exc",
-        "_config",
-        "_counts",
-        "_deferred",
-        "_idle",
-        "_live",
-        "_log_successes",
-        "_loop_thread",
-        "_max_concurrency",
-        "_max_threads",
-        "_phase",
-        "_pool",
-        "_retries",
-        "_runner",
-        "_scheduled",
-        "_shield_warning_interval",
-        "_shutdown_timeout",
-        "_tracer",
-        "_waiting",
-    )
+    __slots__ = ("__weakref__",)
 
-    def __init__(
-        self,
-        *,
-        config: TaskConfig | None = None,
-        max_concurrency: int | None = None,
-        max_threads: int = 40,
-        shutdown_timeout: float = 0.0,
-    ) -> None:
-        _check_type("config", config, TaskConfig)
-        if max_concurrency is not None:
-            _check_int("max_concurrency", max_concurrency)
-        _check_int("max_threads", max_threads)
-        check_number("shutdown_timeout", shutdown_timeout, minimum=0, strict=False)
-        self._config = config or TaskConfig()
-        self._max_concurrency = max_concurrency
-        self._max_threads = max_threads
-        self._shutdown_timeout = float(shutdown_timeout)
-        self._runner: Runner | None = None
-        self._loop_thread = 0
-        self._phase: _Phase = "new"
-        self._live: dict[Task[Any], None] = {}  # handed over: pending or running
-        self._deferred: dict[Task[Any], None] = {}  # waiting for their request's moment
-        self._waiting: deque[Task[Any]] = deque()
-        self._active = 0
-        self._scheduled = 0
-        self._retries = 0
-        self._counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
-        self._idle: Event | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._cancelled_exc: type[BaseException] = BaseException
-        self._tracer: Any = None
-        self._log_successes = False
-        self._shield_warning_interval = 5.0
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine, "immediate", engine.chain, None)
 
     def __repr__(self) -> str:
-        return f"<TaskManager {self._phase} live={len(self._live)}>"
-
-    # -- public -----------------------------------------------------------------
+        engine = self._engine
+        return f"<TaskManager {engine.phase} live={len(engine.live)}>"
 
     @property
     def config(self) -> TaskConfig:
         """The app-wide default options (``add_tasks(config=...)``)."""
-        return self._config
+        return self._engine.config
 
     @property
     def running(self) -> bool:
         """Whether the manager accepts work (between lifespan startup and shutdown)."""
-        return self._phase == "running"
+        return self._engine.phase == _RUNNING
 
     @property
     def tasks(self) -> list[Task[Any]]:
-        """The live tasks (pending or running), in the order they were handed over."""
-        return list(self._live)
+        """The live tasks (handed over, pending or running), in the order they were handed over."""
+        return [work.handle for work in list(self._engine.live) if work.handle is not None]
 
     @property
     def stats(self) -> TaskStats:
-        """Counters by state, retries and discarded work."""
-        running = sum(1 for task in list(self._live) if task.attempts)
-        counts = self._counts
-        return TaskStats(
-            scheduled=self._scheduled,
-            pending=len(self._live) - running + len(self._deferred),
-            running=running,
-            succeeded=counts[SUCCEEDED],
-            failed=counts[TaskState.FAILED],
-            cancelled=counts[CANCELLED],
-            discarded=counts[DISCARDED],
-            retries=self._retries,
-        )
+        """Counters by state, retries and discarded work; they add up at every moment."""
+        engine = self._engine
+        runner = engine.runner
+        if runner is not None and not runner.on_loop_thread():
+            # Read on the loop, where the counters change, so the snapshot adds up.
+            return runner.run_blocking(self._stats)
+        return engine.stats()
+
+    async def _stats(self) -> TaskStats:
+        return self._engine.stats()
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(event)`` with each [`TaskEvent`][fastapi_tasks.TaskEvent] from now on.
+
+        Listeners run on the event loop's thread, in the order they were added,
+        right where the change happens: keep them quick, and hand slow work to a
+        task of their own. One that raises is logged once and stays registered.
+        """
+        self._engine.listeners.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener``; ``ValueError`` if it was not added."""
+        self._engine.listeners.remove(listener)
 
     async def join(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - SPEC API
         """Wait until no work is pending or running, error handlers included.
@@ -308,15 +634,13 @@ class TaskManager(Scheduler):
 
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
+            RuntimeError: Called inside one of this manager's own tasks, which
+                would wait for itself.
         """
+        engine = self._engine
+        engine.refuse_own_task("join()")
         with anyio.fail_after(timeout):
-            await self._wait_idle(include_deferred=True)
-
-    async def _wait_idle(self, include_deferred: bool) -> None:
-        while self._live or (include_deferred and self._deferred):
-            if self._idle is None:
-                self._idle = self._new_event()
-            await self._idle.wait()
+            await engine.wait_idle(include_deferred=True)
 
     def join_blocking(self, timeout: float | None = None) -> None:
         """Blocking twin of [`join()`][fastapi_tasks.TaskManager.join] for sync code.
@@ -330,267 +654,28 @@ class TaskManager(Scheduler):
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
             RuntimeError: Called on the event loop's own thread, where it would
-                block the loop it waits for.
+                block the loop it waits for, or inside one of this manager's tasks.
         """
-        runner = self._runner
-        if runner is None or not (self._live or self._deferred):
+        engine = self._engine
+        runner = engine.runner
+        if runner is None:
             return
-        if get_ident() == self._loop_thread:
+        if runner.on_loop_thread():
             raise RuntimeError("join_blocking() would block the event loop; use 'await join()'")
-        runner.run_blocking(lambda: self.join(timeout))
-
-    # -- scheduling -------------------------------------------------------------
-
-    def _default_config(self) -> TaskConfig:
-        return self._config
-
-    def _refusal(self) -> FastAPITasksError:
-        if self._phase == "new":
-            return FastAPITasksNotStartedError(
-                "the task manager is not running: the app's lifespan has not started. "
-                "Serve the app with an ASGI server, or use 'with TestClient(app):' in tests"
-            )
-        return FastAPITasksClosedError("cannot schedule work: the app is shutting down")
-
-    def _new_task(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        is_async: bool,
-        config: TaskConfig,
-        mode: TaskMode,
-    ) -> Task[Any]:
-        """Create a pending task for later release; raises if the manager is not running.
-
-        ``join()`` waits for it from now on, also while its moment has not come
-        yet (a response still being sent).
-        """
-        if self._phase != "running":
-            raise self._refusal()
-        task: Task[Any] = Task(
-            self, func, args, kwargs, config, mode, is_async, contextvars.copy_context()
-        )
-        self._deferred[task] = None
-        return task
-
-    def _accept(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        is_async: bool,
-        config: TaskConfig | None,
-    ) -> Task[Any]:
-        runner = self._runner
-        if runner is None or self._phase != "running":
-            raise self._refusal()
-        if config is None:
-            config = self._config
-        if get_ident() == self._loop_thread:
-            task: Task[Any] = Task(self, func, args, kwargs, config, "immediate", is_async, None)
-            self._admit(task)
-        else:
-            task = Task(
-                self, func, args, kwargs, config, "immediate", is_async, contextvars.copy_context()
-            )
-            # Live from now on, so a join() racing with the hand-over still waits for it.
-            self._live[task] = None
-            runner.call_soon_threadsafe(self._release, task)
-        return task
-
-    def _release(self, task: Task[Any]) -> None:
-        """Hand a task that was accepted earlier to the runner (event loop thread only)."""
-        self._release_all((task,), False, "")
-
-    def _release_threadsafe(self, task: Task[Any]) -> None:
-        """``release()`` from any thread."""
-        runner = self._runner
-        if runner is not None and get_ident() != self._loop_thread:
-            runner.call_soon_threadsafe(self._release, task)
-        else:
-            self._release(task)
-
-    def _release_all(self, tasks: Iterable[Task[Any]], failed: bool, reason: str) -> None:
-        """Release a batch; if ``failed`` only ``run_on_failure`` work runs, the rest is dropped."""
-        running = self._phase == "running"
-        for task in tasks:
-            if task.state is not TaskState.PENDING:
-                continue  # cancelled while it waited for its moment
-            if failed and not task.config.run_on_failure:
-                self._discard(task, reason)
-            elif running:
-                self._admit(task)
-            else:
-                self._discard(task, "the app was shutting down")
-
-    def _admit(self, task: Task[Any]) -> None:
-        if self._deferred:
-            self._deferred.pop(task, None)
-        self._live[task] = None
-        self._scheduled += 1
-        limit = self._max_concurrency
-        if limit is None:  # no slots to count
-            self._runner.start(task)  # type: ignore[union-attr]
-            return
-        if self._active >= limit:
-            if task._context is None:
-                # It starts later, from whichever task frees a slot: keep the
-                # scheduler's contextvars (and tracing parent) with it.
-                task._context = contextvars.copy_context()
-            self._waiting.append(task)
-            return
-        self._start(task)
-
-    def _start(self, task: Task[Any]) -> None:
-        """Start a task that takes one of the ``max_concurrency`` slots."""
-        task._admitted = True
-        self._active += 1
-        self._runner.start(task)  # type: ignore[union-attr]
-
-    def _discard(self, task: Task[Any], reason: str) -> None:
-        """End a task that never started (its request failed): counted and logged."""
-        task.state = DISCARDED
-        self._counts[DISCARDED] += 1
-        self._forget(task)
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "discarded task %s (id %s, %s): %s",
-                task.name,
-                task.id,
-                task.mode,
-                reason,
-                extra=task._log_extra(),
-            )
-
-    def _forget(self, task: Task[Any]) -> None:
-        self._live.pop(task, None)
-        if self._deferred:
-            self._deferred.pop(task, None)
-        if task._done is not None:
-            task._done.set()
-        if not self._live and self._idle is not None:
-            self._idle.set()
-            self._idle = None
-
-    # -- what tasks need from their host ---------------------------------------
-
-    def _new_event(self) -> Event:
-        if self._runner is None:
-            return anyio.Event()
-        return self._runner.new_event()
-
-    async def _run_in_thread(
-        self,
-        func: Callable[[], Any],
-        owner: Task[Any],
-        limiter: anyio.CapacityLimiter | None = None,
-        time_limit: float | None = None,
-    ) -> Any:
-        runner, pool = self._runner, self._pool
-        if runner is None or pool is None:  # `await task()` on sync work after shutdown
-            raise self._refusal()
-        job = ThreadJob(runner, limiter)
-        try:
-            return await job.call(pool, func, time_limit)
-        except BaseException:
-            if job.abandoned:
-                owner._busy_thread = job.finished
-                logger.warning(
-                    "sync task %s (id %s) is still running in its thread and was abandoned; "
-                    "its thread stays busy until it returns, and its result will be dropped",
-                    owner.name,
-                    owner.id,
-                    extra=owner._log_extra(),
-                )
-            raise
-
-    async def _sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
-
-    def _count_retry(self) -> None:
-        self._retries += 1
-
-    def _finish(self, task: Task[Any], state: TaskState) -> None:
-        task.state = state
-        self._counts[state] += 1
-        self._forget(task)
-        if task._admitted:
-            self._active -= 1
-            waiting = self._waiting
-            while waiting and self._active < self._max_concurrency:  # type: ignore[operator]
-                queued = waiting.popleft()
-                if queued.state is TaskState.PENDING:
-                    self._start(queued)
-        if state is SUCCEEDED and self._log_successes:
-            logger.debug("task %s (id %s) succeeded", task.name, task.id, extra=task._log_extra())
-
-    # -- lifespan ---------------------------------------------------------------
+        engine.refuse_own_task("join_blocking()")
+        if engine.unfinished or engine.in_transit:
+            runner.run_blocking(functools.partial(self.join, timeout))
 
     @asynccontextmanager
-    async def lifespan(self, tracer: Any = None) -> AsyncGenerator[None, None]:
-        """Run the manager for the duration of the block (the app's lifespan).
+    async def lifespan(self) -> AsyncGenerator[None, None]:
+        """Run the manager for the duration of the block.
 
-        ``tracer``, an OpenTelemetry tracer, gives each task a span of its own.
+        The app's lifespan does this for you (``add_tasks()`` wires it in); use it
+        directly only to run a manager without serving its app (a CLI, a script).
         """
-        if self._phase in ("running", "closing"):
-            raise FastAPITasksError("this task manager is already running")
-        async with open_runner() as runner:
-            self._runner = runner
-            self._loop_thread = runner.thread
-            # Read once: a per-task isEnabledFor() call would cost every task.
-            self._log_successes = logger.isEnabledFor(logging.DEBUG)
-            self._cancelled_exc = runner.cancelled_exc
-            self._tracer = tracer
-            pool = self._pool = ThreadPoolExecutor(
-                self._max_threads, thread_name_prefix="fastapi-tasks"
-            )
-            self._phase = "running"
-            token = current_manager.set(self)
-            running_managers.append(self)
-            try:
-                yield
-            finally:
-                current_manager.reset(token)
-                try:
-                    await self.aclose()
-                finally:
-                    # Queued calls are dropped; a thread still running is left to finish.
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    self._pool = None
-                    running_managers.remove(self)
+        async with self._engine.lifespan():
+            yield
 
     async def aclose(self) -> None:
         """Shut down: refuse new work, drain for ``shutdown_timeout``, cancel, wait for shielded."""
-        if self._phase != "running":
-            return
-        self._phase = "closing"
-        before = dict(self._counts)
-        try:
-            if self._live and self._shutdown_timeout > 0:
-                with anyio.move_on_after(self._shutdown_timeout):
-                    await self._wait_idle(include_deferred=False)
-            for task in list(self._live):
-                if not task.config.shielded:
-                    task.cancel()
-            while self._live:
-                with anyio.move_on_after(self._shield_warning_interval):
-                    await self._wait_idle(include_deferred=False)
-                if self._live:
-                    logger.warning(
-                        "shutdown is waiting for %d task(s) that must finish first: %s",
-                        len(self._live),
-                        ", ".join(f"{task.name} (id {task.id})" for task in self._live),
-                    )
-        finally:
-            self._phase = "closed"
-            self._runner = None
-            done = {state: self._counts[state] - before[state] for state in before}
-            logger.info(
-                "task manager stopped: %d completed, %d failed, %d cancelled, %d discarded "
-                "during shutdown",
-                done[SUCCEEDED],
-                done[TaskState.FAILED],
-                done[CANCELLED],
-                done[DISCARDED],
-            )
+        await self._engine.aclose()

@@ -19,9 +19,6 @@ if TYPE_CHECKING:
 
 __all__ = ["task_span", "tracer_from_telemetry"]
 
-# The API's stand-ins for "no SDK configured yet": spans from them are dropped.
-_UNCONFIGURED = frozenset({"ProxyTracerProvider", "NoOpTracerProvider"})
-
 
 def tracer_from_telemetry(telemetry: Mapping[str, Any] | None) -> Tracer | None:
     """The tracer our spans use, or None when the app's telemetry would not trace."""
@@ -34,9 +31,10 @@ def tracer_from_telemetry(telemetry: Mapping[str, Any] | None) -> Tracer | None:
     except ImportError:  # pragma: no cover - FastAPI without opentelemetry-api
         return None
     provider = telemetry.get("tracer_provider") or trace.get_tracer_provider()
-    if type(provider).__name__ in _UNCONFIGURED:
+    # The API's stand-ins for "no SDK configured yet": spans from them are dropped.
+    if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
         return None
-    from . import __version__
+    from ._version import __version__
 
     return provider.get_tracer("fastapi_tasks", __version__)
 

@@ -1,28 +1,29 @@
-"""The task handle: one piece of scheduled work, its attempts, and how it ends."""
+"""The task handle users hold, and the record of the work behind it.
+
+A ``Task`` is what ``schedule()`` returns: it reads, waits and cancels, nothing else.
+Everything the runtime needs to know about the work lives in its ``Work`` record,
+which the manager, the runner and the executor share. Only the manager's ``settle()``
+writes a final state, and it drops what the record no longer needs (the scheduling
+context, the runner's objects, the link back to the handle) at that moment, so a
+finished handle keeps only what its user may read.
+"""
 
 from __future__ import annotations
 
-import contextvars
 import enum
 import functools
-import inspect
 import itertools
-import logging
-import random
-import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
-import anyio
+if TYPE_CHECKING:
+    import contextvars
 
-from ._call import is_async_callable
-from ._config import TaskConfig
+    from ._config import TaskConfig
 
-__all__ = ["Task", "TaskMode", "TaskState"]
+__all__ = ["Event", "Owner", "Task", "TaskMode", "TaskState", "Work"]
 
 R = TypeVar("R")
-logger = logging.getLogger("fastapi_tasks")
 
 TaskMode = Literal["immediate", "after_route", "after_response"]
 """When the work was scheduled to start."""
@@ -34,7 +35,7 @@ class TaskState(str, enum.Enum):
     PENDING = "pending"
     """Accepted, not started yet."""
     RUNNING = "running"
-    """The function is running (possibly between retries)."""
+    """The function is running (possibly between retries, or its ``on_error`` handler)."""
     SUCCEEDED = "succeeded"
     """The function returned."""
     FAILED = "failed"
@@ -47,10 +48,6 @@ class TaskState(str, enum.Enum):
 
 PENDING = TaskState.PENDING
 RUNNING = TaskState.RUNNING
-SUCCEEDED = TaskState.SUCCEEDED
-FAILED = TaskState.FAILED
-CANCELLED = TaskState.CANCELLED
-DISCARDED = TaskState.DISCARDED
 
 
 class Event(Protocol):
@@ -59,312 +56,230 @@ class Event(Protocol):
     async def wait(self) -> Any: ...
 
 
-class _Cancellable(Protocol):
+class Cancellable(Protocol):
     def cancel(self) -> Any: ...
 
 
-class Host(Protocol):
-    """What a task needs from the manager that runs it."""
+class Owner(Protocol):
+    """What a handle needs from the manager that runs its work."""
 
-    _cancelled_exc: type[BaseException]
-    _tracer: Any
-
-    def _new_event(self) -> Event: ...
-    async def _run_in_thread(
-        self,
-        func: Callable[[], Any],
-        owner: Task[Any],
-        limiter: anyio.CapacityLimiter | None = None,
-        time_limit: float | None = None,
-    ) -> Any: ...
-    async def _sleep(self, seconds: float) -> None: ...
-    def _count_retry(self) -> None: ...
-    def _finish(self, task: Task[Any], state: TaskState) -> None: ...
+    @property
+    def manager(self) -> Any: ...
+    def cancel(self, work: Work) -> None: ...
+    def new_event(self) -> Event: ...
+    async def call_again(self, work: Work) -> Any: ...
 
 
 _ids = itertools.count(1)
 
 
-def _qualname(func: object) -> str:
+def qualname(func: object) -> str:
+    """The qualified name of ``func`` (of what a ``functools.partial`` wraps)."""
     while isinstance(func, functools.partial):
         func = func.func
     return getattr(func, "__qualname__", None) or type(func).__qualname__
 
 
-class Task(Generic[R]):
-    """Handle of one piece of background work, returned by ``schedule()``.
-
-    Attributes:
-        func: The function that was scheduled.
-        args: Its positional arguments.
-        kwargs: Its keyword arguments.
-        config: The merged options it runs with.
-        id: Unique within the process, increasing in scheduling order.
-        mode: ``"immediate"``, ``"after_route"`` or ``"after_response"``.
-        state: Where it is in its life cycle ([`TaskState`][fastapi_tasks.TaskState]).
-        attempts: How many attempts have started so far.
-    """
+class Work:
+    """One piece of scheduled work as the runtime sees it (not part of the public API)."""
 
     __slots__ = (
-        "_admitted",
-        "_busy_thread",
-        "_context",
-        "_done",
-        "_exception",
-        "_handle",
-        "_host",
-        "_is_async",
-        "_result",
-        "_started",
-        "_started_at",
+        "admitted",
         "args",
         "attempts",
+        "busy_thread",
+        "cancel_target",
+        "chain",
         "config",
+        "context",
+        "done",
+        "ended_at",
+        "exception",
         "func",
+        "handle",
+        "handler_scope",
         "id",
+        "is_async",
         "kwargs",
         "mode",
+        "owner",
+        "result",
+        "started",
+        "started_at",
         "state",
     )
 
     def __init__(
         self,
-        host: Host,
+        owner: Owner,
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         config: TaskConfig,
         mode: TaskMode,
         is_async: bool,
-        context: contextvars.Context | None,
     ) -> None:
+        self.owner = owner
         self.func = func
         self.args = args
         self.kwargs = kwargs
         self.config = config
         self.mode: TaskMode = mode
+        self.is_async = is_async
         self.id = next(_ids)
         self.state = PENDING
         self.attempts = 0
-        self._host = host
-        self._is_async = is_async
-        self._context = context
-        self._handle: _Cancellable | None = None
-        self._admitted = False
-        self._busy_thread: Event | None = None
-        self._result: Any = None
-        self._exception: BaseException | None = None
-        self._started: Event | None = None
-        self._done: Event | None = None
-        self._started_at = 0.0
+        self.result: Any = None
+        self.exception: BaseException | None = None
+        self.started_at = 0.0
+        self.ended_at = 0.0
+        # Until the work ends: the handle (events and on_error hand it out), the
+        # contextvars it runs with when it starts later than it was scheduled, what
+        # cancels it in the runner, and the runner's start-order chain (trio).
+        self.handle: Task[Any] | None = None
+        self.context: contextvars.Context | None = None
+        self.cancel_target: Cancellable | None = None
+        self.chain: Any = None
+        self.handler_scope: Cancellable | None = None
+        self.busy_thread: Event | None = None
+        self.admitted = False  # holds one of the max_concurrency slots
+        self.started: Event | None = None
+        self.done: Event | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name or qualname(self.func)
+
+    @property
+    def finished(self) -> bool:
+        return self.state is not PENDING and self.state is not RUNNING
+
+
+class Task(Generic[R]):
+    """Handle of one piece of background work, returned by ``schedule()``.
+
+    Handles are made by ``schedule()``, never by hand. ``schedule()`` and
+    ``cancel()`` may be called from any thread; the rest belongs on the event loop.
+    """
+
+    __slots__ = ("__weakref__", "_work")
+
+    def __init__(self, work: Work) -> None:
+        self._work = work
+        work.handle = self
 
     def __repr__(self) -> str:
         # Arguments stay out on purpose: they often carry personal data.
-        return f"<Task {self.name!r} id={self.id} mode={self.mode} state={self.state.value}>"
+        work = self._work
+        return f"<Task {work.name!r} id={work.id} mode={work.mode} state={work.state.value}>"
+
+    @property
+    def func(self) -> Callable[..., Any]:
+        """The function that was scheduled."""
+        return self._work.func
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """Its positional arguments."""
+        return self._work.args
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """Its keyword arguments."""
+        return self._work.kwargs
+
+    @property
+    def config(self) -> TaskConfig:
+        """The merged options it runs with."""
+        return self._work.config
+
+    @property
+    def id(self) -> int:
+        """Unique within the process, increasing in scheduling order."""
+        return self._work.id
+
+    @property
+    def mode(self) -> TaskMode:
+        """``"immediate"``, ``"after_route"`` or ``"after_response"``."""
+        return self._work.mode
 
     @property
     def name(self) -> str:
         """The configured name, else the function's qualified name."""
-        return self.config.name or _qualname(self.func)
+        return self._work.name
+
+    @property
+    def state(self) -> TaskState:
+        """Where it is in its life cycle ([`TaskState`][fastapi_tasks.TaskState])."""
+        return self._work.state
+
+    @property
+    def attempts(self) -> int:
+        """How many attempts have started so far."""
+        return self._work.attempts
 
     @property
     def done(self) -> bool:
         """Whether the task reached a final state."""
-        return self.state not in (PENDING, RUNNING)
+        return self._work.finished
+
+    @property
+    def result(self) -> R | None:
+        """The return value once the task succeeded, else ``None``."""
+        return self._work.result  # type: ignore[no-any-return]
+
+    @property
+    def exception(self) -> BaseException | None:
+        """The exception of the last attempt once the task failed, else ``None``."""
+        return self._work.exception
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the first attempt's start to the end, once it ended after starting."""
+        work = self._work
+        if not work.ended_at or not work.started_at:
+            return None
+        return work.ended_at - work.started_at
 
     @property
     def started(self) -> Event:
         """An event set when the first attempt begins (``await task.started.wait()``).
 
         The attempt may then still wait for its ``limiter`` or a worker thread
-        before the function itself is called.
+        before the function itself is called. Work that ended without starting
+        (cancelled or discarded) sets it too, so nobody waits for it forever.
         """
-        event = self._started
+        work = self._work
+        event = work.started
         if event is None:
-            event = self._started = self._host._new_event()
-            if self.state is not PENDING and self.attempts:
+            event = work.started = work.owner.new_event()
+            if work.attempts or work.finished:
                 event.set()
         return event
 
-    @property
-    def result(self) -> R | None:
-        """The return value once the task succeeded, else ``None``."""
-        return self._result  # type: ignore[no-any-return]
-
-    @property
-    def exception(self) -> BaseException | None:
-        """The exception of the last attempt once the task failed, else ``None``."""
-        return self._exception
-
     async def wait(self) -> None:
         """Wait until the task reached a final state (it does not raise the task's error)."""
-        if self.done:
+        work = self._work
+        if work.finished:
             return
-        if self._done is None:
-            self._done = self._host._new_event()
-        await self._done.wait()
+        if work.done is None:
+            work.done = work.owner.new_event()
+        await work.done.wait()
 
     def cancel(self) -> bool:
         """Cancel the work; return ``False`` if it had already finished.
 
-        Work that has not started is never started. Running async work is
-        cancelled at its next await; a sync function already running in a thread
-        cannot be interrupted, so it is abandoned and its result dropped.
+        Safe from any thread. Work that has not started is never started, and is
+        released at once. Running async work is cancelled at its next await; a
+        sync function already running in a thread cannot be interrupted, so it is
+        abandoned and its result dropped.
         """
-        if self.done:
+        work = self._work
+        if work.finished:
             return False
-        if self.state is PENDING:
-            self._host._finish(self, CANCELLED)
-        if self._handle is not None:
-            self._handle.cancel()
+        work.owner.cancel(work)
         return True
 
     async def __call__(self) -> R:
         """Run the function once more, now, in the caller's task, and return its result."""
-        return await self._call_once()  # type: ignore[no-any-return]
-
-    async def _call_once(self) -> Any:
-        if self._is_async:
-            return await self.func(*self.args, **self.kwargs)
-        return await self._call_sync(None, None)
-
-    async def _call_sync(
-        self, limiter: anyio.CapacityLimiter | None, time_limit: float | None
-    ) -> Any:
-        call = functools.partial(self.func, *self.args, **self.kwargs)
-        result = await self._host._run_in_thread(call, self, limiter, time_limit)
-        if inspect.isawaitable(result):
-            # A plain function that returned an awaitable (e.g. a sync wrapper
-            # around a coroutine function): finish the work on the event loop.
-            return await result
-        return result
-
-    async def _attempt(self) -> Any:
-        """One attempt with the options: limiter held, timeout counted, while it runs."""
-        config = self.config
-        if not self._is_async:
-            # The thread keeps the limiter until it returns, even past a timeout.
-            return await self._call_sync(config.limiter, config.timeout)
-        if config.limiter is None:
-            return await self._call_async_timed()
-        async with config.limiter:
-            return await self._call_async_timed()
-
-    async def _call_async_timed(self) -> Any:
-        if self.config.timeout is None:
-            return await self.func(*self.args, **self.kwargs)
-        with anyio.fail_after(self.config.timeout):
-            return await self.func(*self.args, **self.kwargs)
-
-    async def _call_with_policy(self) -> Any:
-        config = self.config
-        retries = config.retries or 0
-        while True:
-            try:
-                return await self._attempt()
-            except Exception as exc:
-                if self.attempts > retries or (
-                    config.retry_on is not None and not isinstance(exc, config.retry_on)
-                ):
-                    raise
-                wait = self._retry_wait()
-                self._host._count_retry()
-                logger.warning(
-                    "task %s (id %s) attempt %d failed with %r; retrying in %.3fs",
-                    self.name,
-                    self.id,
-                    self.attempts,
-                    exc,
-                    wait,
-                    extra=self._log_extra(),
-                )
-                await self._host._sleep(wait)
-                busy = self._busy_thread
-                if busy is not None:
-                    # Never overlap the previous attempt: it still runs in its thread.
-                    self._busy_thread = None
-                    await busy.wait()
-                self.attempts += 1
-
-    def _retry_wait(self) -> float:
-        """Seconds to wait before the next retry: delay x backoff^(n-1), with +/-20% jitter."""
-        config = self.config
-        base = (config.retry_delay or 0.0) * (config.retry_backoff or 1.0) ** (self.attempts - 1)
-        return base * random.uniform(0.8, 1.2)
-
-    async def _run(self) -> None:
-        """Run the work to its final state; called once, by the runner."""
-        if self.state is not PENDING:  # cancelled before it began
-            return
-        # One flat coroutine on purpose: every extra await level costs each task.
-        tracer = self._host._tracer
-        span: AbstractContextManager[None] | None = None
-        if tracer is not None:
-            from ._otel import task_span
-
-            span = task_span(tracer, self)
-            span.__enter__()
-        self.state = RUNNING
-        self.attempts = 1
-        self._started_at = time.perf_counter()
-        if self._started is not None:
-            self._started.set()
-        state = CANCELLED
-        try:
-            if not self.config._plain:
-                self._result = await self._call_with_policy()
-            elif self._is_async:
-                self._result = await self.func(*self.args, **self.kwargs)
-            else:
-                self._result = await self._call_sync(None, None)
-            state = SUCCEEDED
-        except Exception as exc:
-            # The state stays RUNNING until on_error returned: until then the task
-            # can still be cancelled (at shutdown too), and wait() keeps waiting.
-            state = FAILED
-            self._exception = exc
-            await self._report_failure(exc)
-        finally:
-            self._host._finish(self, state)
-            if span is not None:
-                # The span reads the final state and exception from the task.
-                span.__exit__(None, None, None)
-
-    def _log_extra(self) -> dict[str, object]:
-        return {
-            "task_name": self.name,
-            "task_id": self.id,
-            "task_mode": self.mode,
-            "task_attempt": self.attempts,
-            "task_duration": time.perf_counter() - self._started_at if self._started_at else 0.0,
-        }
-
-    async def _report_failure(self, exc: Exception) -> None:
-        logger.error(
-            "task %s (id %s, %s) failed after %d attempt(s)",
-            self.name,
-            self.id,
-            self.mode,
-            self.attempts,
-            exc_info=exc,
-            extra=self._log_extra(),
-        )
-        handler = self.config.on_error
-        if handler is None:
-            return
-        try:
-            if is_async_callable(handler):
-                await handler(self, exc)  # type: ignore[misc]
-            else:
-                outcome = await self._host._run_in_thread(
-                    functools.partial(handler, self, exc), self
-                )
-                if inspect.isawaitable(outcome):
-                    await outcome
-        except Exception:
-            logger.exception(
-                "on_error handler of task %s (id %s) raised; the error is logged and ignored",
-                self.name,
-                self.id,
-                extra=self._log_extra(),
-            )
+        return await self._work.owner.call_again(self._work)  # type: ignore[no-any-return]

@@ -7,7 +7,8 @@ single ``except FastAPITasksError`` catches them all::
     ├── FastAPITasksUninitializedAppError
     ├── FastAPITasksAlreadyInstalledError
     ├── FastAPITasksNotStartedError
-    └── FastAPITasksClosedError
+    ├── FastAPITasksClosedError
+    └── FastAPITasksWrongLoopError
 
 Wrong arguments to ``schedule()`` raise the built-in ``TypeError`` and invalid
 option values the built-in ``ValueError``, as Python's own APIs do.
@@ -21,6 +22,7 @@ __all__ = [
     "FastAPITasksError",
     "FastAPITasksNotStartedError",
     "FastAPITasksUninitializedAppError",
+    "FastAPITasksWrongLoopError",
 ]
 
 
@@ -42,3 +44,11 @@ class FastAPITasksNotStartedError(FastAPITasksError, RuntimeError):
 
 class FastAPITasksClosedError(FastAPITasksError, RuntimeError):
     """Work was scheduled after the app's shutdown began."""
+
+
+class FastAPITasksWrongLoopError(FastAPITasksError, RuntimeError):
+    """A call came from an event loop other than the one that runs the app's lifespan.
+
+    Work always runs on the lifespan's loop. A test setup that runs the lifespan on
+    one loop and requests on another would otherwise wait forever.
+    """
