@@ -288,7 +288,8 @@ class Probe:
         async def noting_send(message: Message) -> None:
             await send(message)
             # How much work the manager took over so far: counted when handed over.
-            handed_over = manager.stats.scheduled
+            stats = manager.stats
+            handed_over = len(manager.tasks) + stats.succeeded + stats.failed
             kind = message["type"]
             if kind == "http.response.start":
                 note(f"response started, {handed_over} handed over")

@@ -21,6 +21,7 @@ from fastapi_tasks import (
     TaskConfig,
     TaskManager,
     Tasks,
+    TaskState,
     add_tasks,
     get_task_manager,
 )

@@ -27,8 +27,8 @@ def test_unset_fields_read_as_none_and_merge_never_mutates() -> None:
     assert base.merge(TaskConfig()) is base
     assert repr(override) == "TaskConfig(shield=True, timeout=None)"
     assert not TaskConfig().shielded
-    assert TaskConfig()._plain  # no timeout, retries or limiter: the fast path
-    assert not base._plain
+    assert TaskConfig().plain  # no timeout, retries or limiter: the fast path
+    assert not base.plain
     assert TaskConfig(retry_on=ValueError).retry_on is ValueError
 
 

@@ -102,18 +102,31 @@ async def test_exceptions_outside_retry_on_fail_at_once(app: FastAPI, manager: T
     assert task.state is TaskState.FAILED
 
 
-def test_backoff_grows_by_the_factor_with_jitter() -> None:
-    config = TaskConfig(retries=5, retry_delay=1.0, retry_backoff=2.0)
+async def test_backoff_grows_by_the_factor_with_jitter(
+    app: FastAPI, manager: TaskManager, task_logs: pytest.LogCaptureFixture
+) -> None:
+    async def flaky() -> None:
+        raise ConnectionError("down")
 
-    class Host:
-        pass
+    async with serving(app):
+        retried = manager.task(retries=3, retry_delay=0.01, retry_backoff=2.0).schedule(flaky)
+        await manager.join(5)
+    assert retried.state is TaskState.FAILED
+    waits = [
+        float(record.args[4])  # type: ignore[index]
+        for record in task_logs.records
+        if record.levelname == "WARNING" and "retrying" in record.msg
+    ]
+    assert len(waits) == 3
+    for wait, base in zip(waits, (0.01, 0.02, 0.04), strict=True):
+        assert 0.8 * base <= wait <= 1.2 * base
 
-    task: Task[None] = Task(Host(), print, (), {}, config, "immediate", False, None)  # type: ignore[arg-type]
-    for attempt, base in ((1, 1.0), (2, 2.0), (3, 4.0)):
-        task.attempts = attempt
-        waits = {task._retry_wait() for _ in range(20)}
-        assert all(0.8 * base <= w <= 1.2 * base for w in waits)
-        assert len(waits) > 1  # jittered
+
+def test_retry_waits_are_capped_and_never_overflow() -> None:
+    config = TaskConfig(retries=5, retry_delay=1.0, retry_backoff=1e200)
+    assert config.retry_backoff == 1e200  # finite: accepted, and capped when it grows
+    with pytest.raises(ValueError, match="finite"):
+        TaskConfig(retry_backoff=float("inf"))
 
 
 async def test_limiter_caps_one_kind_of_work(app: FastAPI, manager: TaskManager) -> None:

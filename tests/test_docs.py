@@ -37,6 +37,7 @@ from fastapi.testclient import TestClient
 from starlette.applications import Starlette
 
 import fastapi_tasks
+import fastapi_tasks.testing
 from fastapi_tasks import TaskManager, get_task_manager
 from fastapi_tasks.errors import FastAPITasksUninitializedAppError
 
@@ -315,6 +316,8 @@ def test_api_reference_documents_exactly_the_public_names() -> None:
             documented.update(fastapi_tasks.errors.__all__)
         elif len(parts) == 2 and parts[0] == "fastapi_tasks":
             documented.add(parts[1])
+        elif parts[:2] == ["fastapi_tasks", "testing"]:
+            assert parts[2] in fastapi_tasks.testing.__all__, target  # a public helper module
         else:
             # Helper classes users meet without importing them (what ``tasks: Tasks``
             # gives); they live in private modules and are not part of ``__all__``.

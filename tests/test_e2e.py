@@ -181,7 +181,8 @@ class Probe:
         async def noting_send(message: Message) -> None:
             await send(message)
             # How much work the manager took over so far: counted when handed over.
-            handed_over = self.manager.stats.scheduled
+            stats = self.manager.stats
+            handed_over = len(self.manager.tasks) + stats.succeeded + stats.failed
             if message["type"] == "http.response.start":
                 self.timeline.append(f"response started, {handed_over} handed over")
             elif message.get("more_body", False):

@@ -298,8 +298,8 @@ async def test_handles_reprs_and_late_events(
     assert recorder.events == ["through a thread"]
     assert reprs == [
         "<Tasks of http '/'>",
-        "<Batch after_route>",
-        "<Batch after_response>",
+        "<Scheduler after_route TaskConfig()>",
+        "<Scheduler after_response TaskConfig()>",
         "<TaskManager running live=0>",
     ]
     assert repr(TaskConfig.__dataclass_fields__["name"].default) == "<unset>"

@@ -1,3 +1,4 @@
+# pyright: reportPrivateUsage=false
 """SPEC section 8: each task in its own span, joined to FastAPI's native request span."""
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from fastapi_tasks import Tasks, add_tasks
+import fastapi_tasks._otel
+from fastapi_tasks import Tasks, TaskState, add_tasks
 
 from .conftest import serving
 
@@ -114,21 +116,38 @@ async def test_work_outside_requests_starts_its_own_trace() -> None:
 
 
 @pytest.mark.parametrize(("tracing", "operation_spans"), [(False, True), (True, False)])
-async def test_telemetry_switches_turn_task_spans_off(tracing: bool, operation_spans: bool) -> None:
+async def test_telemetry_switches_turn_task_spans_off(
+    tracing: bool, operation_spans: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forbid_span_work(monkeypatch)
     app, exporter = traced_app(tracing=tracing, operation_spans=operation_spans)
     manager = add_tasks(app)
     async with serving(app):
-        assert manager._tracer is None
-        manager.schedule(work, "x")
+        task = manager.schedule(work, "x")
         await manager.join(5)
+    assert task.state is TaskState.SUCCEEDED
     assert all(span.name != "work" for span in exporter.get_finished_spans())
 
 
-async def test_without_a_configured_provider_no_span_work_happens() -> None:
+def forbid_span_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any span the library would open fail its task, so a success proves none was."""
+
+    def no_span(*args: object) -> None:
+        raise AssertionError("span work happened")
+
+    monkeypatch.setattr(fastapi_tasks._otel, "task_span", no_span)
+
+
+async def test_without_a_configured_provider_no_span_work_happens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    forbid_span_work(monkeypatch)
     app = FastAPI()  # the global provider is the API's stand-in: nothing is configured
     manager = add_tasks(app)
     async with serving(app):
-        assert manager._tracer is None
+        task = manager.schedule(work, "x")
+        await manager.join(5)
+    assert task.state is TaskState.SUCCEEDED
 
 
 async def test_after_response_work_of_an_untraced_request_has_no_link() -> None:

@@ -1,3 +1,4 @@
+# pyright: reportPrivateUsage=false
 """SPEC section 6: shutdown refuses new work, drains, cancels, and waits for shielded work."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import anyio
 import pytest
 from fastapi import FastAPI
 
+import fastapi_tasks._manager
 from fastapi_tasks import FastAPITasksClosedError, Task, TaskManager, TaskState, add_tasks
 
 from .conftest import serving
@@ -27,8 +29,7 @@ async def test_default_shutdown_cancels_unshielded_work_at_once(
         await anyio.sleep_forever()
 
     async def shielded() -> None:
-        await started.wait()
-        await anyio.lowlevel.checkpoint()
+        await running.wait()  # cancelled at shutdown: this finishes during the drain
         finished.append("shielded")
 
     async with serving(app):
@@ -103,9 +104,12 @@ async def test_grace_period_then_cancel(anyio_backend: str) -> None:
 
 
 async def test_shielded_work_holds_shutdown_and_is_reported(
-    app: FastAPI, manager: TaskManager, task_logs: pytest.LogCaptureFixture
+    app: FastAPI,
+    manager: TaskManager,
+    task_logs: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    manager._shield_warning_interval = 0.01
+    monkeypatch.setattr(fastapi_tasks._manager, "SHIELD_WARNING_INTERVAL", 0.01)
     warned = anyio.Event()
 
     class Watch(logging.Handler):

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from fastapi_tasks import TaskManager, Tasks, TaskState
+from fastapi_tasks.testing import run_lifespan
 
 from .conftest import Recorder, http_scope, receive_empty_body, serving
 
@@ -105,7 +106,7 @@ async def test_failed_send_runs_after_route_but_not_after_response(
     async def broken_send(message: Message) -> None:
         raise OSError("client went away")
 
-    async with app.router.lifespan_context(app):
+    async with run_lifespan(app):
         with pytest.raises(OSError, match="client went away"):
             await app(http_scope(), receive_empty_body, broken_send)
         await manager.join(5)

@@ -65,6 +65,9 @@ current_manager: contextvars.ContextVar[TaskManager | None] = contextvars.Contex
 )
 """The manager of the app whose lifespan or request this code runs in."""
 
+SHIELD_WARNING_INTERVAL = 5.0
+"""Seconds between the WARNING lines naming shielded work that holds shutdown."""
+
 _running: list[TaskManager] = []
 """Managers between lifespan startup and the end of shutdown, oldest first."""
 
@@ -225,7 +228,6 @@ class Engine:
         self.max_concurrency = max_concurrency
         self.max_threads = max_threads
         self.shutdown_timeout = float(shutdown_timeout)
-        self.shield_warning_interval = 5.0
         self.phase = _NEW
         self.runner: Runner | None = None
         self.threads: WorkerThreads | None = None
@@ -406,8 +408,6 @@ class Engine:
             work.admitted = False
             self.active -= 1
             self.start_waiting()
-        if work.started is not None:
-            work.started.set()  # a waiter on task.started must not wait forever
         if work.done is not None:
             work.done.set()
         if state is SUCCEEDED:
@@ -543,7 +543,7 @@ class Engine:
                 elif work.handler_scope is not None:
                     work.handler_scope.cancel()
             while self.live:
-                with anyio.move_on_after(self.shield_warning_interval):
+                with anyio.move_on_after(SHIELD_WARNING_INTERVAL):
                     await self.wait_idle(include_deferred=False)
                 if self.live:
                     logger.warning(

@@ -247,13 +247,13 @@ class Task(Generic[R]):
 
         The attempt may then still wait for its ``limiter`` or a worker thread
         before the function itself is called. Work that ended without starting
-        (cancelled or discarded) sets it too, so nobody waits for it forever.
+        (cancelled or discarded) never sets it: wait on ``wait()`` for the end.
         """
         work = self._work
         event = work.started
         if event is None:
             event = work.started = work.owner.new_event()
-            if work.attempts or work.finished:
+            if work.attempts:
                 event.set()
         return event
 

@@ -46,13 +46,21 @@ async def run_lifespan(app: ASGIApp) -> AsyncGenerator[dict[str, Any], None]:
         if message["type"] != f"{kind}.complete":
             raise RuntimeError(f"{kind} failed: {message.get('message', '')}")
 
-    async with anyio.create_task_group() as group, to_app, from_app, app_inbox:
-        group.start_soon(serve_lifespan)
-        await to_app.send({"type": "lifespan.startup"})
-        await expect("lifespan.startup")
-        try:
-            yield state
-        finally:
-            with anyio.CancelScope(shield=True):
-                await to_app.send({"type": "lifespan.shutdown"})
-                await expect("lifespan.shutdown")
+    try:
+        async with anyio.create_task_group() as group, to_app, from_app, app_inbox:
+            group.start_soon(serve_lifespan)
+            await to_app.send({"type": "lifespan.startup"})
+            await expect("lifespan.startup")
+            try:
+                yield state
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await to_app.send({"type": "lifespan.shutdown"})
+                    await expect("lifespan.shutdown")
+    except BaseException as exc:
+        # The task group wraps what the block raised in an exception group: give the
+        # caller its own exception back (an assertion, a pytest.raises target).
+        inner: tuple[BaseException, ...] = getattr(exc, "exceptions", ())
+        if len(inner) == 1:
+            raise inner[0] from None
+        raise
