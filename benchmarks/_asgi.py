@@ -83,6 +83,37 @@ class Client:
 
 
 @asynccontextmanager
+async def asgi_lifespan(app: Any) -> AsyncGenerator[dict[str, Any], None]:
+    """Run ``app``'s lifespan through ASGI messages, in a task of its own, as servers do.
+
+    (The library wires its manager into the ASGI lifespan itself, so entering
+    ``app.router.lifespan_context`` directly would not start it.)
+    """
+    state: dict[str, Any] = {}
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": state}
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    serving = asyncio.create_task(app(scope, inbox.get, outbox.put))
+
+    async def step(kind: str) -> None:
+        await inbox.put({"type": kind})
+        reply = asyncio.create_task(outbox.get())
+        await asyncio.wait({reply, serving}, return_when=asyncio.FIRST_COMPLETED)
+        if not reply.done():
+            reply.cancel()
+            await serving  # raises what went wrong
+        if reply.result()["type"] != f"{kind}.complete":
+            raise RuntimeError(f"{kind} failed: {reply.result()}")
+
+    await step("lifespan.startup")
+    try:
+        yield state
+    finally:
+        await step("lifespan.shutdown")
+        await serving
+
+
+@asynccontextmanager
 async def running(
     apps: Mapping[str, tuple[FastAPI, int]], *, check: bool = True
 ) -> AsyncGenerator[Client, None]:
@@ -99,8 +130,7 @@ async def running(
     async def host() -> None:
         async with AsyncExitStack() as stack:
             for name, (app, _) in apps.items():
-                state = await stack.enter_async_context(app.router.lifespan_context(app))
-                states[name] = state or {}
+                states[name] = await stack.enter_async_context(asgi_lifespan(app))
             ready.set()
             await stop.wait()
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import fastapi_tasks
 from fastapi_tasks import errors
 
+
 def test_all_is_sorted_and_every_name_exists() -> None:
     # tests/test_docs.py checks that the API reference renders exactly these names.
     assert fastapi_tasks.__all__ == sorted(fastapi_tasks.__all__)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 
@@ -113,9 +114,9 @@ async def test_backoff_grows_by_the_factor_with_jitter(
         await manager.join(5)
     assert retried.state is TaskState.FAILED
     waits = [
-        float(record.args[4])  # type: ignore[index]
+        float(found.group(1))
         for record in task_logs.records
-        if record.levelname == "WARNING" and "retrying" in record.msg
+        if (found := re.search(r"retrying in ([0-9.]+)s", record.getMessage()))
     ]
     assert len(waits) == 3
     for wait, base in zip(waits, (0.01, 0.02, 0.04), strict=True):

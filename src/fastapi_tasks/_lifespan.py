@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
@@ -54,7 +54,7 @@ def add_tasks(
         RuntimeError: The app already started serving (its middleware stack is built).
         NotImplementedError: A ``broker`` was given.
     """
-    if not isinstance(app, Starlette):
+    if not isinstance(cast("object", app), Starlette):  # untyped callers pass anything
         raise TypeError(
             f"add_tasks() needs a FastAPI or Starlette application, got {app!r} of type "
             f"{type(app).__qualname__}"

@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AbstractContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
 
 import anyio
 from typing_extensions import ParamSpec, Unpack
@@ -218,7 +218,7 @@ class Engine:
         max_threads: int,
         shutdown_timeout: float,
     ) -> None:
-        if config is not None and not isinstance(config, TaskConfig):
+        if config is not None and not isinstance(cast("object", config), TaskConfig):
             raise TypeError(f"config must be a TaskConfig, got {config!r}")
         if max_concurrency is not None:
             check_int("max_concurrency", max_concurrency, minimum=1)
