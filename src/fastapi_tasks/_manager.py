@@ -636,9 +636,14 @@ class TaskManager(Scheduler):
             TimeoutError: ``timeout`` seconds passed first.
             RuntimeError: Called inside one of this manager's own tasks, which
                 would wait for itself.
+            FastAPITasksWrongLoopError: Called on an event loop other than the one
+                that runs the app's lifespan.
         """
         engine = self._engine
         engine.refuse_own_task("join()")
+        runner = engine.runner
+        if runner is not None:
+            runner.on_loop_thread()  # another event loop would wait here forever: refused
         with anyio.fail_after(timeout):
             await engine.wait_idle(include_deferred=True)
 
