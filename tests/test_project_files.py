@@ -120,3 +120,19 @@ def test_build_script_makes_a_wheel_and_sdist_a_packager_can_use(tmp_path: Path)
             for name in archive.getnames()
         }
     assert {"LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml"} <= members
+
+
+def test_pages_refer_only_to_documents_the_reader_has() -> None:
+    # The project's internal specification and reviews are not published with the docs.
+    for page in [*PAGES, ROOT / "CHANGELOG.md", ROOT / "CONTRIBUTING.md"]:
+        text = page.read_text(encoding="utf-8")
+        for name in ("SPEC", "CONVENTIONS.md", "shared/reviews"):
+            assert name not in text, (page.name, name)
+
+
+def test_benchmarks_page_explains_its_targets_and_keeps_code_whole_in_tables() -> None:
+    page = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    assert page.index("## Targets\n") < page.index("## Targets and results\n")
+    css = (ROOT / "docs" / "stylesheets" / "extra.css").read_text(encoding="utf-8")
+    assert re.search(r"table:not\(\[class\]\) code \{[^}]*word-break: normal", css)
+    assert "stylesheets/extra.css" in (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
