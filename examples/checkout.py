@@ -1,9 +1,9 @@
 """A checkout endpoint that uses all three timing modes of fastapi-tasks.
 
-- the payment check starts at once and runs while the endpoint still works
-  (``tasks.schedule``);
-- the order is finalized once the endpoint returned, handed over before the
-  response starts (``tasks.after_route.schedule``);
+- the payment check starts at the endpoint's next ``await`` and runs while the
+  endpoint still works (``tasks.schedule``);
+- the order is finalized once the endpoint returned: handed over before the
+  response starts, it runs alongside the response (``tasks.after_route.schedule``);
 - the confirmation e-mail and the shipping notice go out once the client has
   the whole response (``tasks.after_response.schedule``).
 
@@ -94,6 +94,7 @@ def create_app(timeline: Timeline) -> tuple[FastAPI, TaskManager]:
         timeline.mark("endpoint started")
         payment_id = 7000 + order.cart_id
         tasks.schedule(validate_payment, payment_id)
+        timeline.mark("endpoint scheduled validate_payment, then awaits the database")
 
         await anyio.sleep(0.01)  # writing the order to the database
         order_id = 9000 + order.cart_id
