@@ -5,13 +5,15 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from starlette.types import Receive, Scope, Send
 
 from fastapi_tasks import (
     FastAPITasksAlreadyInstalledError,
@@ -25,6 +27,7 @@ from fastapi_tasks import (
     add_tasks,
     get_task_manager,
 )
+from fastapi_tasks.testing import run_lifespan
 
 from .conftest import Recorder, serving
 
@@ -209,3 +212,43 @@ async def test_options_given_to_task_are_validated_at_the_call(
     async with serving(app):
         with pytest.raises(ValueError, match="retries"):
             manager.task(retries=-3)
+
+
+async def test_a_task_option_passed_to_schedule_points_to_task(
+    app: FastAPI, manager: TaskManager
+) -> None:
+    async def fetch(url: str) -> None: ...
+
+    async with serving(app):
+        with pytest.raises(TypeError, match=r"use \.task\(timeout=3\)\.schedule\(func, \.\.\.\)"):
+            manager.schedule(fetch, "https://example.com", timeout=3)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match=r"\.task\(retries=2\)"):
+            manager.schedule(len, [1], retries=2)  # type: ignore[call-arg]
+    assert manager.stats.scheduled == 0
+
+
+def test_an_error_handler_with_the_wrong_signature_is_refused_at_once() -> None:
+    def handler(task: object) -> None: ...
+
+    with pytest.raises(ValueError, match=r"on_error handler .*handler must accept two arguments"):
+        TaskConfig(on_error=handler)  # type: ignore[arg-type]
+    TaskConfig(on_error=print)  # builtins without a signature are taken as they are
+    TaskConfig(on_error=lambda *args: None)
+
+
+async def test_run_lifespan_reports_a_failed_startup() -> None:
+    async def broken_startup(app: FastAPI) -> AsyncGenerator[None, None]:
+        raise RuntimeError("no database")
+        yield
+
+    app = FastAPI(lifespan=asynccontextmanager(broken_startup))
+    with pytest.raises(RuntimeError, match="no database"):
+        async with run_lifespan(app):
+            pass  # pragma: no cover - never reached
+
+    async def no_lifespan(scope: Scope, receive: Receive, send: Send) -> None:
+        return None  # an app that ignores the lifespan protocol
+
+    with pytest.raises(RuntimeError, match=r"lifespan.startup failed: it ended early"):
+        async with run_lifespan(no_lifespan):
+            pass  # pragma: no cover - never reached

@@ -34,17 +34,24 @@ async def run_lifespan(app: ASGIApp) -> AsyncGenerator[dict[str, Any], None]:
     to_app, app_inbox = anyio.create_memory_object_stream[Message](1)
     app_outbox, from_app = anyio.create_memory_object_stream[Message](1)
 
+    raised: list[Exception] = []
+
     async def serve_lifespan() -> None:
         async with app_outbox:
-            await app(scope, app_inbox.receive, app_outbox.send)
+            try:
+                await app(scope, app_inbox.receive, app_outbox.send)
+            except Exception as exc:  # reported below, as the failure of the step it broke
+                raised.append(exc)
 
     async def expect(kind: str) -> None:
         try:
             message = await from_app.receive()
         except anyio.EndOfStream:
-            raise RuntimeError(f"the app's lifespan ended before {kind}") from None
+            message = {"type": f"{kind}.failed"}
         if message["type"] != f"{kind}.complete":
-            raise RuntimeError(f"{kind} failed: {message.get('message', '')}")
+            cause = raised[0] if raised else None
+            detail = message.get("message") or (repr(cause) if cause else "it ended early")
+            raise RuntimeError(f"the app's {kind} failed: {detail}") from cause
 
     try:
         async with anyio.create_task_group() as group, to_app, from_app, app_inbox:
