@@ -223,7 +223,7 @@ async def test_a_task_option_passed_to_schedule_points_to_task(
         with pytest.raises(TypeError, match=r"use \.task\(timeout=3\)\.schedule\(func, \.\.\.\)"):
             manager.schedule(fetch, "https://example.com", timeout=3)  # type: ignore[call-arg]
         with pytest.raises(TypeError, match=r"\.task\(retries=2\)"):
-            manager.schedule(len, [1], retries=2)  # type: ignore[call-arg]
+            manager.schedule(len, [1], retries=2)  # type: ignore[call-arg, arg-type]
     assert manager.stats.scheduled == 0
 
 
@@ -233,7 +233,7 @@ def test_an_error_handler_with_the_wrong_signature_is_refused_at_once() -> None:
     with pytest.raises(ValueError, match=r"on_error handler .*handler must accept two arguments"):
         TaskConfig(on_error=handler)  # type: ignore[arg-type]
     TaskConfig(on_error=print)  # builtins without a signature are taken as they are
-    TaskConfig(on_error=lambda *args: None)
+    TaskConfig(on_error=lambda *args: None)  # pyright: ignore[reportUnknownLambdaType, reportUnknownArgumentType]
 
 
 async def test_run_lifespan_reports_a_failed_startup() -> None:

@@ -104,7 +104,7 @@ async def test_a_raising_listener_is_logged_once_and_keeps_its_place(
 async def test_listeners_are_checked_and_removed(manager: TaskManager) -> None:
     with pytest.raises(TypeError, match="callable"):
         manager.add_listener("print")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="not in list"):
+    with pytest.raises(ValueError, match="not a listener"):
         manager.remove_listener(print)
 
 

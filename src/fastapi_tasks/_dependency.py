@@ -155,6 +155,13 @@ class RequestTasks(Scheduler):
         else:
             self._engine.discard(work, "the response could not be completed")
 
+    def _response_starts(self, message: Message) -> None:
+        if not self._watching and message.get("status", 200) >= 400:
+            # No exit stack to learn failures from (see _fastapi_compat): an error
+            # status is the only sign left of a failed endpoint.
+            self._fail("the response is an error")
+        self._pass_route()
+
     def _pass_route(self) -> None:
         """The response starts (or the handler ended without one): hand after-route work over."""
         self._stage = _STARTED
@@ -199,15 +206,10 @@ class RequestTasks(Scheduler):
         kind = message["type"]
         if kind == "http.response.start":
             if self._stage == _OPEN:
-                if (
-                    not self._watching
-                    and (self._after_route or self._after_response)
-                    and message.get("status", 200) >= 400
-                ):
-                    # No exit stack to learn failures from (see _fastapi_compat):
-                    # an error status is the only sign left of a failed endpoint.
-                    self._fail("the response is an error")
-                self._pass_route()
+                if self._after_route is None and self._after_response is None:
+                    self._stage = _STARTED  # nothing waits: the common case, inline
+                else:
+                    self._response_starts(message)
         elif (kind == "http.response.body" and not message.get("more_body", False)) or (
             kind == "http.response.pathsend"
         ):

@@ -83,27 +83,29 @@ def current_task() -> Task[Any] | None:
 
 
 class Listeners:
-    """The user's listeners of one manager; each one that raises is logged once."""
+    """The user's listeners of one manager; each one that raises is logged once.
+
+    The manager holds one only while there is a listener, so that without any an
+    event costs one ``is not None`` check.
+    """
 
     __slots__ = ("_broken", "_items")
 
-    def __init__(self) -> None:
-        self._items: tuple[Listener, ...] = ()
-        self._broken: set[int] = set()
+    def __init__(self, items: tuple[Listener, ...], broken: frozenset[int]) -> None:
+        self._items = items
+        self._broken = set(broken)
 
-    def __bool__(self) -> bool:
-        return bool(self._items)
-
-    def add(self, listener: Listener) -> None:
+    def with_listener(self, listener: Listener) -> Listeners:
         if not callable(listener):
             raise TypeError(f"a listener must be callable as listener(event), got {listener!r}")
-        self._items = (*self._items, listener)
+        return Listeners((*self._items, listener), frozenset(self._broken))
 
-    def remove(self, listener: Listener) -> None:
+    def without_listener(self, listener: Listener) -> Listeners | None:
         items = list(self._items)
         items.remove(listener)  # ValueError for one that was never added, as list.remove
-        self._items = tuple(items)
-        self._broken.discard(id(listener))
+        if not items:
+            return None
+        return Listeners(tuple(items), frozenset(self._broken - {id(listener)}))
 
     def publish(self, kind: EventKind, work: Work, exception: BaseException | None = None) -> None:
         handle = work.handle

@@ -34,8 +34,9 @@ class Host(Protocol):
 
     cancelled_exc: type[BaseException]
     handlers_cancelled: bool
+    tracer: Any
 
-    def span(self, task: Task[Any]) -> AbstractContextManager[None] | None: ...
+    def span(self, task: Task[Any]) -> AbstractContextManager[None]: ...
     def mark_started(self, work: Work) -> None: ...
     def mark_retrying(self, work: Work, exc: BaseException, wait: float) -> None: ...
     def settle(self, work: Work, state: TaskState) -> None: ...
@@ -66,8 +67,9 @@ async def execute(work: Work, host: Host) -> None:
     if work.state is not PENDING:  # cancelled after the runner got it
         return
     current_work.set(work)  # this context belongs to the task alone
-    span = None if work.handle is None else host.span(work.handle)
-    if span is not None:
+    span = None
+    if host.tracer is not None and work.handle is not None:
+        span = host.span(work.handle)
         span.__enter__()
     host.mark_started(work)
     state = CANCELLED

@@ -1,15 +1,16 @@
 """The one place that touches FastAPI internals (SPEC section 2, rule 8).
 
 FastAPI keeps two ``AsyncExitStack``s in the request scope: one for function-scoped
-dependencies, closed right after the endpoint returned and before the response is
-sent (``fastapi_function_astack``), and one for the request (``fastapi_inner_astack``),
-which an exception from a function-scoped teardown passes through before FastAPI
-turns it into an error response. An exit callback pushed onto both tells us, at no
-cost to requests that schedule nothing for later, whether the endpoint or one of its
-dependencies' teardowns raised. There is no public hook for that.
-``tests/test_fastapi_compat.py`` fails loudly if FastAPI renames or drops the keys or
-changes the order the exits run in. Without either stack the library falls back to
-the response's status: an error status (400 or above) marks the request failed.
+dependencies (``fastapi_function_astack``), closed right after the endpoint returned,
+and one for the request (``fastapi_inner_astack``) around it, which closes after the
+response on success. An exception from the endpoint or from any dependency's teardown
+before the response, function-scoped ones included, passes through the request stack
+before FastAPI turns it into an error response. An exit callback pushed onto that
+stack tells us, at no cost to requests that schedule nothing for later, whether the
+request failed; there is no public hook for that. ``tests/test_fastapi_compat.py``
+fails loudly if FastAPI renames or drops the key or changes the order the exits run
+in. Without the stack the library falls back to the response's status: an error
+status (400 or above) marks the request failed.
 
 The app's merged telemetry settings (which tracer provider, whether tracing and
 operation spans are on) are read from ``app._telemetry`` for the same reason.
@@ -22,7 +23,6 @@ from contextlib import AbstractContextManager, AsyncExitStack
 from types import TracebackType
 from typing import Any, cast
 
-FUNCTION_STACK_KEY = "fastapi_function_astack"
 REQUEST_STACK_KEY = "fastapi_inner_astack"
 TELEMETRY_ATTRIBUTE = "_telemetry"
 
@@ -51,18 +51,19 @@ class _ExitHook(AbstractContextManager[None]):
 
 
 def on_endpoint_exit(scope: MutableMapping[str, Any], callback: EndpointExit) -> bool:
-    """Call ``callback(exc_type)`` as each of FastAPI's exit stacks closes.
+    """Call ``callback(exc_type)`` when FastAPI's request exit stack closes.
 
-    Returns False when the scope holds neither stack (not a FastAPI route, or a
-    FastAPI that changed its internals): then nothing was pushed.
+    Whatever fails the request before its response (the endpoint, a dependency's
+    teardown, function-scoped ones included) passes through that stack before FastAPI
+    turns it into an error response. Returns False when the scope holds no such stack
+    (not a FastAPI route, or a FastAPI that changed its internals): then nothing was
+    pushed.
     """
-    pushed = False
-    for key in (FUNCTION_STACK_KEY, REQUEST_STACK_KEY):
-        stack = scope.get(key)
-        if isinstance(stack, AsyncExitStack):
-            stack.push(_ExitHook(callback))
-            pushed = True
-    return pushed
+    stack = scope.get(REQUEST_STACK_KEY)
+    if not isinstance(stack, AsyncExitStack):
+        return False
+    stack.push(_ExitHook(callback))
+    return True
 
 
 def telemetry_config(app: object) -> Mapping[str, Any] | None:

@@ -236,7 +236,7 @@ class Engine:
         self.handlers_cancelled = False
         self.log_successes = False
         self.chain = Chain()  # start order of work scheduled outside requests (trio)
-        self.listeners = Listeners()
+        self.listeners: Listeners | None = None  # only while there is a listener
         # Every task from schedule() until settle(); those handed over to the runner
         # (pending or running); those waiting for a max_concurrency slot; those a
         # thread scheduled that have not reached the loop yet.
@@ -306,10 +306,14 @@ class Engine:
     def accept(self, work: Work, target: Any) -> None:
         self.unfinished[work] = None
         self.scheduled += 1
-        if self.listeners:
+        if self.listeners is not None:
             self.listeners.publish("scheduled", work)
         if work.mode == "immediate":
-            self.hand_over(work, target)
+            if self.max_concurrency is None and self.phase == _RUNNING:
+                self.live[work] = None  # the common case of hand_over(), inline
+                self.runner.start(work, execute(work, self), target)  # type: ignore[union-attr]
+            else:
+                self.hand_over(work, target)
             return
         if work.context is None:
             work.context = contextvars.copy_context()
@@ -368,13 +372,10 @@ class Engine:
 
     # -- what the executor needs ------------------------------------------------
 
-    def span(self, task: Task[Any]) -> AbstractContextManager[None] | None:
-        tracer = self.tracer
-        if tracer is None:
-            return None
+    def span(self, task: Task[Any]) -> AbstractContextManager[None]:
         from ._otel import task_span
 
-        return task_span(tracer, task)
+        return task_span(self.tracer, task)  # type: ignore[arg-type]
 
     def mark_started(self, work: Work) -> None:
         work.state = RUNNING
@@ -383,13 +384,13 @@ class Engine:
         self.started += 1
         if work.started is not None:
             work.started.set()
-        if self.listeners:
+        if self.listeners is not None:
             self.listeners.publish("started", work)
 
     def mark_retrying(self, work: Work, exc: BaseException, wait: float) -> None:
         self.retries += 1
         log_retry(work, exc, wait)
-        if self.listeners:
+        if self.listeners is not None:
             self.listeners.publish("retrying", work, exc)
 
     def settle(self, work: Work, state: TaskState, reason: str = "") -> None:
@@ -415,7 +416,7 @@ class Engine:
                 log_succeeded(work)
         elif state is DISCARDED and logger.isEnabledFor(logging.DEBUG):
             log_discarded(work, reason)
-        if self.listeners:
+        if self.listeners is not None:
             self.listeners.publish("finished", work, work.exception)
         work.handle = None
         if self.idle is not None and not self.live:
@@ -617,11 +618,16 @@ class TaskManager(Scheduler):
         right where the change happens: keep them quick, and hand slow work to a
         task of their own. One that raises is logged once and stays registered.
         """
-        self._engine.listeners.add(listener)
+        engine = self._engine
+        listeners = engine.listeners or Listeners((), frozenset())
+        engine.listeners = listeners.with_listener(listener)
 
     def remove_listener(self, listener: Listener) -> None:
         """Stop calling ``listener``; ``ValueError`` if it was not added."""
-        self._engine.listeners.remove(listener)
+        engine = self._engine
+        if engine.listeners is None:
+            raise ValueError(f"{listener!r} is not a listener of this manager")
+        engine.listeners = engine.listeners.without_listener(listener)
 
     async def join(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - SPEC API
         """Wait until no work is pending or running, error handlers included.
