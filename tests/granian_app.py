@@ -11,6 +11,9 @@ the app. A request sent with the ``x-hold-until`` header has its final message h
 (after granian's ``send`` returned) until the client posts ``/ack/<name>``, which it
 does once it holds the whole response: after-response work that notes, when it
 starts, whether that acknowledgement arrived shows whether it started too early.
+The probe also notes how a final send that did not return ended (cancelled or
+raised), and when granian reported ``http.disconnect`` to the app; and it sets the
+acknowledgement ``final send:<path>`` as it hands a final message to granian.
 """
 
 from __future__ import annotations

@@ -7,6 +7,14 @@ until the client confirmed it had the whole response, like a server whose
 ``send`` completes only on delivery. So after-response work that records, when
 it starts, whether the client already had the response shows whether it started
 too early.
+
+The tests of "when is a response delivered?" at the end pin, per server, how the
+final send ends when the client reads everything, when a timeout cancels that send
+while the client does not read, and when the client resets the connection while the
+send waits. No server here raises from a send to a client that is gone: uvicorn
+drops the message, hypercorn swallows the failed write and reports
+``http.disconnect``. So the rule's "the final send raised" case cannot be reached
+through them; a reset counts as delivered, and those tests say so.
 """
 
 from __future__ import annotations
@@ -672,13 +680,15 @@ async def test_uvicorn_timeout_cancels_a_final_send_waiting_for_the_client(
     manager, probe, timeline, timed_out = make_delivery_app(
         [bytes(BIG_CHUNK_SIZE), b"end"], timeout=True
     )
-    async with serve(server_kind, probe) as server:
-        async with request_without_reading(server, "/download") as connection:
-            with anyio.fail_after(WAIT):
-                await probe.app_returned.wait()
-            await manager.join(WAIT)
-            # uvicorn still sends what it buffered, then closes: the body is cut short.
-            received = await read_body(connection, BIG_CHUNK_SIZE + len(b"end"))
+    async with (
+        serve(server_kind, probe) as server,
+        request_without_reading(server, "/download") as connection,
+    ):
+        with anyio.fail_after(WAIT):
+            await probe.app_returned.wait()
+        await manager.join(WAIT)
+        # uvicorn still sends what it buffered, then closes: the body is cut short.
+        received = await read_body(connection, BIG_CHUNK_SIZE + len(b"end"))
 
     assert timed_out.is_set()
     assert probe.final_send == "cancelled"
@@ -695,13 +705,15 @@ async def test_uvicorn_counts_a_buffered_final_message_as_sent(server_kind: str)
     The send returns at once, whether or not the client ever reads it: delivered.
     """
     manager, probe, timeline, _ = make_delivery_app([bytes(BIG_CHUNK_SIZE)], timeout=False)
-    async with serve(server_kind, probe) as server:
-        async with request_without_reading(server, "/download") as connection:
-            with anyio.fail_after(WAIT):
-                await probe.app_returned.wait()
-            await manager.join(WAIT)
-            assert_delivered(manager, timeline)  # not a byte of the body read yet
-            received = await read_body(connection, BIG_CHUNK_SIZE)
+    async with (
+        serve(server_kind, probe) as server,
+        request_without_reading(server, "/download") as connection,
+    ):
+        with anyio.fail_after(WAIT):
+            await probe.app_returned.wait()
+        await manager.join(WAIT)
+        assert_delivered(manager, timeline)  # not a byte of the body read yet
+        received = await read_body(connection, BIG_CHUNK_SIZE)
 
     assert probe.final_send == "returned"
     assert received == BIG_CHUNK_SIZE
@@ -713,9 +725,7 @@ async def test_uvicorn_client_resets_during_the_final_send(server_kind: str) -> 
 
     uvicorn cannot write the final message any more and drops it silently.
     """
-    manager, probe, timeline, _ = make_delivery_app(
-        [bytes(BIG_CHUNK_SIZE), b"end"], timeout=False
-    )
+    manager, probe, timeline, _ = make_delivery_app([bytes(BIG_CHUNK_SIZE), b"end"], timeout=False)
     async with serve(server_kind, probe) as server:
         async with request_without_reading(server, "/download") as connection:
             with anyio.fail_after(WAIT):
@@ -725,8 +735,8 @@ async def test_uvicorn_client_resets_during_the_final_send(server_kind: str) -> 
             await probe.app_returned.wait()
         await manager.join(WAIT)
 
-    # uvicorn wakes the app's receive and the waiting send together; Starlette's
-    # disconnect listener runs first, but the send has already been woken.
+    # uvicorn wakes the app's receive and the waiting send at once. Starlette's
+    # disconnect listener, woken first, cancels the send, but its wait is over by then.
     assert probe.disconnect_during_final_send
     assert probe.final_send == "returned"
     assert_delivered(manager, timeline)
@@ -742,9 +752,7 @@ async def test_hypercorn_timeout_cancels_the_final_send_only_after_the_write(
     The timeout runs out while the final send waits for the client; it takes effect
     once the client has read the whole body, before hypercorn reports the disconnect.
     """
-    manager, probe, timeline, timed_out = make_delivery_app(
-        [bytes(BIG_CHUNK_SIZE)], timeout=True
-    )
+    manager, probe, timeline, timed_out = make_delivery_app([bytes(BIG_CHUNK_SIZE)], timeout=True)
     async with serve(server_kind, probe) as server:
         async with request_without_reading(server, "/download") as connection:
             with anyio.fail_after(WAIT):

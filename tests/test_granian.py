@@ -6,6 +6,12 @@ that hold a response's final message until the client has the whole response),
 talks to it over loopback, then fetches ``/report``: the app's timeline and
 counters once ``manager.join()`` returned there. Every wait is bounded; the server
 process is always stopped, and killed if it does not stop in time.
+
+The tests of "when is a response delivered?" at the end pin how granian's final send
+ends: at once for a message granian takes whole; cancelled by a timeout while it
+waits for room in granian's queue of body chunks; and returning, without an error,
+when the client resets the connection meanwhile (granian logs the failed write and
+tells the app nothing, so the rule's "the final send raised" case is never reached).
 """
 
 from __future__ import annotations
@@ -14,13 +20,13 @@ import itertools
 import json
 import os
 import signal
-import struct
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -491,7 +497,7 @@ def test_graceful_shutdown_cancels_unshielded_and_finishes_shielded(server: Serv
 
 
 @contextmanager
-def request_without_reading(server: Server, path: str) -> Iterator[socket.socket]:
+def request_without_reading(server: Server, path: str) -> Generator[socket.socket, None, None]:
     """GET ``path`` and read the response's head only; close the connection on exit."""
     host, port = server.client.base_url.host, server.client.base_url.port
     assert port is not None
