@@ -49,14 +49,12 @@ class FinalChunkResponse(StreamingResponse):
             "headers": self.raw_headers,
         }
         await send(start)
-        last = b""
-        first = True
+        held: bytes | None = None  # each chunk waits until it is known not to be the last
         async for chunk in self.body_iterator:
-            assert isinstance(chunk, bytes)
-            if not first:
-                await send({"type": "http.response.body", "body": last, "more_body": True})
-            last, first = chunk, False
-        await send({"type": "http.response.body", "body": last, "more_body": False})
+            if held is not None:
+                await send({"type": "http.response.body", "body": held, "more_body": True})
+            held = chunk.encode(self.charset) if isinstance(chunk, str) else bytes(chunk)
+        await send({"type": "http.response.body", "body": held or b"", "more_body": False})
 
 
 class DeliveryTimeout:
