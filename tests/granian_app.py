@@ -11,6 +11,9 @@ the app. A request sent with the ``x-hold-until`` header has its final message h
 (after granian's ``send`` returned) until the client posts ``/ack/<name>``, which it
 does once it holds the whole response: after-response work that notes, when it
 starts, whether that acknowledgement arrived shows whether it started too early.
+The probe also notes how a final send that did not return ended (cancelled or
+raised), and when granian reported ``http.disconnect`` to the app; and it sets the
+acknowledgement ``final send:<path>`` as it hands a final message to granian.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fastapi_tasks import Tasks, add_tasks
+
+from .delivery import BIG_CHUNK_SIZE, DeliveryTimeout, FinalChunkResponse, is_final
 
 WAIT = 5.0
 """Seconds any single wait in the app may take."""
@@ -225,6 +230,60 @@ async def feed_late(tasks: Tasks) -> StreamingResponse:
     return StreamingResponse(body(), media_type="text/plain")
 
 
+# -- when is a response delivered? ---------------------------------------------------
+
+GRANIAN_QUEUE = 4
+"""Body messages granian queues for hyper, which takes the next one only once it wrote
+out the one before: with the big chunk still being written, four fill the queue."""
+DELIVERY_TIMEOUT = 0.25
+"""Seconds the final message of ``/timed/...`` responses has to be sent."""
+
+
+def schedule_later_work(tasks: Tasks) -> None:
+    tasks.after_route.schedule(record, "after-route ran")
+    tasks.after_response.schedule(record, "after-response ran")
+    tasks.after_response.task(run_on_failure=True).schedule(
+        record, "run_on_failure after-response ran"
+    )
+
+
+def stuck_final_response() -> FinalChunkResponse:
+    """Its final message waits in granian's queue while the client does not read."""
+    return FinalChunkResponse([bytes(BIG_CHUNK_SIZE), *[b"."] * GRANIAN_QUEUE, b"end"])
+
+
+@api.get("/one-message")
+async def one_message(tasks: Tasks) -> FinalChunkResponse:
+    schedule_later_work(tasks)
+    return FinalChunkResponse([bytes(BIG_CHUNK_SIZE)])
+
+
+@api.get("/stuck-final")
+async def stuck_final(tasks: Tasks) -> FinalChunkResponse:
+    schedule_later_work(tasks)
+    return stuck_final_response()
+
+
+def timed_out(scope: Scope) -> None:
+    note("the timeout ran out")
+    acknowledgement(f"timed out:{scope['path']}").set()
+
+
+# Mounted, so its timeout middleware sits inside the layer of add_tasks() and covers
+# the app's sends to it, as a timeout middleware added to the app itself would.
+timed = FastAPI()
+timed.add_middleware(DeliveryTimeout, seconds=DELIVERY_TIMEOUT, on_expiry=timed_out)
+
+
+@timed.get("/stuck-final")
+async def timed_stuck_final(tasks: Tasks) -> FinalChunkResponse:
+    schedule_later_work(tasks)
+    return stuck_final_response()
+
+
+api.mount("/timed", timed)
+
+
 async def unshielded() -> None:
     note("unshielded started")
     acknowledgement("unshielded started").set()
@@ -284,28 +343,55 @@ class Probe:
             return
         path: str = scope["path"]
         hold_until = dict(scope["headers"]).get(HOLD_HEADER, b"").decode()
+        final_send_running = False
+
+        async def noting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                during = " during the final send" if final_send_running else ""
+                note(f"http.disconnect received{during}")
+            return message
 
         async def noting_send(message: Message) -> None:
-            await send(message)
-            # How much work the manager took over so far: counted when handed over.
-            stats = manager.stats
-            handed_over = len(manager.tasks) + stats.succeeded + stats.failed
+            nonlocal final_send_running
+            final = is_final(message) or message["type"] == "http.response.pathsend"
+            if final:
+                final_send_running = True
+                acknowledgement(f"final send:{path}").set()
+            try:
+                await send(message)
+            except anyio.get_cancelled_exc_class():
+                if final:
+                    note(f"final send cancelled, {handed_over()} handed over")
+                raise
+            except Exception as error:
+                if final:
+                    note(f"final send raised {type(error).__name__}")
+                raise
+            finally:
+                final_send_running = False
             kind = message["type"]
             if kind == "http.response.start":
-                note(f"response started, {handed_over} handed over")
+                note(f"response started, {handed_over()} handed over")
             elif kind == "http.response.body" and message.get("more_body", False):
                 note("chunk sent")
             else:
-                note(f"response complete ({kind}), {handed_over} handed over")
+                note(f"response complete ({kind}), {handed_over()} handed over")
                 if hold_until:
                     with anyio.fail_after(WAIT):
                         await acknowledgement(hold_until).wait()
 
         try:
-            await self.app(scope, receive, noting_send)
+            await self.app(scope, noting_receive, noting_send)
         finally:
             note(f"app returned ({path})")
             acknowledgement(f"returned:{path}").set()
+
+
+def handed_over() -> int:
+    """How much work the manager took over so far: counted when handed over."""
+    stats = manager.stats
+    return len(manager.tasks) + stats.succeeded + stats.failed
 
 
 app = Probe(api)

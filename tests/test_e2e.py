@@ -7,6 +7,14 @@ until the client confirmed it had the whole response, like a server whose
 ``send`` completes only on delivery. So after-response work that records, when
 it starts, whether the client already had the response shows whether it started
 too early.
+
+The tests of "when is a response delivered?" at the end pin, per server, how the
+final send ends when the client reads everything, when a timeout cancels that send
+while the client does not read, and when the client resets the connection while the
+send waits. No server here raises from a send to a client that is gone: uvicorn
+drops the message, hypercorn swallows the failed write and reports
+``http.disconnect``. So the rule's "the final send raised" case cannot be reached
+through them; a reset counts as delivered, and those tests say so.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
+import struct
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -34,6 +43,8 @@ from hypercorn.typing import ASGIFramework
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fastapi_tasks import Task, TaskManager, Tasks, TaskState, add_tasks
+
+from .delivery import BIG_CHUNK_SIZE, DeliveryTimeout, FinalChunkResponse, is_final
 
 pytestmark = pytest.mark.anyio
 
@@ -172,14 +183,46 @@ class Probe:
         self.client_has_response = anyio.Event()
         """The test sets it once the client holds the whole response."""
         self.app_returned = anyio.Event()
+        self.final_send_started = anyio.Event()
+        """Set when the server is handed the response's final message."""
+        self.final_send: str | None = None
+        """How the server's send of that message ended: returned, cancelled or raised."""
+        self.disconnect_during_final_send = False
+        """Whether the server reported ``http.disconnect`` to the app while that send ran."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
+        final_send_running = False
+
+        async def noting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and final_send_running:
+                self.disconnect_during_final_send = True
+            return message
+
         async def noting_send(message: Message) -> None:
-            await send(message)
+            nonlocal final_send_running
+            final = is_final(message)
+            if final:
+                final_send_running = True
+                self.final_send_started.set()
+            try:
+                await send(message)
+            except anyio.get_cancelled_exc_class():
+                if final:
+                    self.final_send = "cancelled"
+                raise
+            except Exception as error:
+                if final:
+                    self.final_send = f"raised {type(error).__name__}"
+                raise
+            finally:
+                final_send_running = False
+            if final:
+                self.final_send = "returned"
             # How much work the manager took over so far: counted when handed over.
             stats = self.manager.stats
             handed_over = len(self.manager.tasks) + stats.succeeded + stats.failed
@@ -195,7 +238,7 @@ class Probe:
                     await self.client_has_response.wait()
 
         try:
-            await self.app(scope, receive, noting_send)
+            await self.app(scope, noting_receive, noting_send)
         finally:
             self.app_returned.set()
 
@@ -335,11 +378,18 @@ async def test_streamed_response_hands_over_after_the_last_chunk(
 
     assert received == b"one two three"
     assert timeline[:4] == ["response started, 0 handed over", *["chunk sent"] * 3]
-    # Where the server's final send returns normally, the probe saw nothing handed over
-    # by then (under hypercorn-trio the final send may end cancelled).
-    assert "response complete, 1 handed over" not in timeline
     assert timeline[-1] == "after-response started; client had all the content: True"
     assert manager.stats.succeeded == 1
+    if server_kind == "uvicorn":
+        # The final send returns, and nothing was handed over before it did.
+        assert probe.final_send == "returned"
+        assert "response complete, 0 handed over" in timeline
+        assert not probe.disconnect_during_final_send
+    else:
+        # hypercorn reports http.disconnect inside its final send, once it wrote the
+        # last bytes; Starlette then cancels that send. Delivered all the same.
+        assert probe.final_send == "cancelled"
+        assert probe.disconnect_during_final_send
 
 
 async def test_client_gone_mid_stream(server_kind: str) -> None:
@@ -524,3 +574,216 @@ async def test_graceful_shutdown_cancels_unshielded_and_finishes_shielded(
     assert manager.stats.cancelled == 1
     assert manager.stats.succeeded == 1
     assert manager.tasks == []
+
+
+# -- when is a response delivered? ----------------------------------------------------
+#
+# The rule (SPEC 2.7, docs/timing.md): a final send that returns delivered the
+# response; one that raised or was cancelled did not, unless the server reported
+# http.disconnect to the app while it ran. What each server does when the client
+# stops reading, when a timeout cancels the final send, and when the client resets
+# the connection while that send waits, is pinned below, per server.
+
+DELIVERY_TIMEOUT = 0.25
+"""Seconds ``DeliveryTimeout`` gives a response from its final message on."""
+
+
+def make_delivery_app(
+    chunks: list[bytes], *, timeout: bool
+) -> tuple[TaskManager, Probe, list[str], anyio.Event]:
+    """``GET /download`` sends ``chunks``, the last one in the final message."""
+    app, manager, probe, timeline = make_app(hold_final_message=False)
+    timed_out = anyio.Event()
+    if timeout:
+
+        def expired(scope: Scope) -> None:
+            timed_out.set()
+
+        app.add_middleware(DeliveryTimeout, seconds=DELIVERY_TIMEOUT, on_expiry=expired)
+
+    async def record(what: str) -> None:
+        timeline.append(what)
+
+    @app.get("/download")
+    async def download(tasks: Tasks) -> FinalChunkResponse:
+        tasks.after_route.schedule(record, "after-route ran")
+        tasks.after_response.schedule(record, "after-response ran")
+        tasks.after_response.task(run_on_failure=True).schedule(
+            record, "run_on_failure after-response ran"
+        )
+        return FinalChunkResponse(chunks)
+
+    return manager, probe, timeline, timed_out
+
+
+@asynccontextmanager
+async def request_without_reading(
+    server: RunningServer, path: str
+) -> AsyncGenerator[anyio.abc.SocketStream, None]:
+    """GET ``path`` and read the response's head only: not a byte of its body."""
+    with anyio.fail_after(WAIT):
+        connection = await anyio.connect_tcp(server.host, server.port)
+    async with connection:
+        head = b""
+        with anyio.fail_after(WAIT):
+            await connection.send(f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n".encode())
+            while not head.endswith(b"\r\n\r\n"):
+                head += await connection.receive(1)
+        assert head.startswith(b"HTTP/1.1 200")
+        yield connection
+
+
+async def read_body(connection: anyio.abc.SocketStream, up_to: int) -> int:
+    """Read until ``up_to`` bytes or the end of the stream; return how many came."""
+    size = 0
+    with anyio.fail_after(WAIT):
+        while size < up_to:
+            try:
+                size += len(await connection.receive())
+            except anyio.EndOfStream:
+                break
+    return size
+
+
+async def reset(connection: anyio.abc.SocketStream) -> None:
+    """Close the connection with a TCP reset, as a client that crashed does."""
+    raw = connection.extra(anyio.abc.SocketAttribute.raw_socket)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await connection.aclose()
+
+
+def assert_delivered(manager: TaskManager, timeline: list[str]) -> None:
+    assert {"after-route ran", "after-response ran", "run_on_failure after-response ran"} <= (
+        set(timeline)
+    )
+    assert manager.stats.succeeded == 3
+    assert manager.stats.discarded == 0
+
+
+def assert_not_delivered(manager: TaskManager, timeline: list[str]) -> None:
+    assert "after-response ran" not in timeline
+    assert {"after-route ran", "run_on_failure after-response ran"} <= set(timeline)
+    assert manager.stats.succeeded == 2
+    assert manager.stats.discarded == 1
+
+
+@pytest.mark.parametrize("server_kind", ["uvicorn"])
+async def test_uvicorn_timeout_cancels_a_final_send_waiting_for_the_client(
+    server_kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cancelled before it wrote anything: not delivered.
+
+    uvicorn's send puts a message in its write buffer and returns; the next send first
+    waits until the client took enough of that buffer. The big chunk fills it, so the
+    final send waits there until the timeout cancels it.
+    """
+    manager, probe, timeline, timed_out = make_delivery_app(
+        [bytes(BIG_CHUNK_SIZE), b"end"], timeout=True
+    )
+    async with (
+        serve(server_kind, probe) as server,
+        request_without_reading(server, "/download") as connection,
+    ):
+        with anyio.fail_after(WAIT):
+            await probe.app_returned.wait()
+        await manager.join(WAIT)
+        # uvicorn still sends what it buffered, then closes: the body is cut short.
+        received = await read_body(connection, BIG_CHUNK_SIZE + len(b"end"))
+
+    assert timed_out.is_set()
+    assert probe.final_send == "cancelled"
+    assert not probe.disconnect_during_final_send
+    assert received == BIG_CHUNK_SIZE
+    assert "ASGI callable returned without completing response." in caplog.text
+    assert_not_delivered(manager, timeline)
+
+
+@pytest.mark.parametrize("server_kind", ["uvicorn"])
+async def test_uvicorn_counts_a_buffered_final_message_as_sent(server_kind: str) -> None:
+    """A final message that fits uvicorn's write buffer is sent the moment it is taken.
+
+    The send returns at once, whether or not the client ever reads it: delivered.
+    """
+    manager, probe, timeline, _ = make_delivery_app([bytes(BIG_CHUNK_SIZE)], timeout=False)
+    async with (
+        serve(server_kind, probe) as server,
+        request_without_reading(server, "/download") as connection,
+    ):
+        with anyio.fail_after(WAIT):
+            await probe.app_returned.wait()
+        await manager.join(WAIT)
+        assert_delivered(manager, timeline)  # not a byte of the body read yet
+        received = await read_body(connection, BIG_CHUNK_SIZE)
+
+    assert probe.final_send == "returned"
+    assert received == BIG_CHUNK_SIZE
+
+
+@pytest.mark.parametrize("server_kind", ["uvicorn"])
+async def test_uvicorn_client_resets_during_the_final_send(server_kind: str) -> None:
+    """The send to a client that is gone returns without error: delivered.
+
+    uvicorn cannot write the final message any more and drops it silently.
+    """
+    manager, probe, timeline, _ = make_delivery_app([bytes(BIG_CHUNK_SIZE), b"end"], timeout=False)
+    async with serve(server_kind, probe) as server:
+        async with request_without_reading(server, "/download") as connection:
+            with anyio.fail_after(WAIT):
+                await probe.final_send_started.wait()  # and waits for the client to read
+            await reset(connection)
+        with anyio.fail_after(WAIT):
+            await probe.app_returned.wait()
+        await manager.join(WAIT)
+
+    # uvicorn wakes the app's receive and the waiting send at once. Starlette's
+    # disconnect listener, woken first, cancels the send, but its wait is over by then.
+    assert probe.disconnect_during_final_send
+    assert probe.final_send == "returned"
+    assert_delivered(manager, timeline)
+
+
+@pytest.mark.parametrize("server_kind", ["hypercorn-trio"])
+async def test_hypercorn_timeout_cancels_the_final_send_only_after_the_write(
+    server_kind: str,
+) -> None:
+    """Cancelled once the client had every byte: not delivered all the same.
+
+    hypercorn writes a message out before its send returns, shielded from cancellation.
+    The timeout runs out while the final send waits for the client; it takes effect
+    once the client has read the whole body, before hypercorn reports the disconnect.
+    """
+    manager, probe, timeline, timed_out = make_delivery_app([bytes(BIG_CHUNK_SIZE)], timeout=True)
+    async with serve(server_kind, probe) as server:
+        async with request_without_reading(server, "/download") as connection:
+            with anyio.fail_after(WAIT):
+                await timed_out.wait()
+            assert not probe.app_returned.is_set()  # still writing the final message
+            received = await read_body(connection, BIG_CHUNK_SIZE)
+            with anyio.fail_after(WAIT):
+                await probe.app_returned.wait()
+        await manager.join(WAIT)
+
+    assert received == BIG_CHUNK_SIZE
+    assert probe.final_send == "cancelled"
+    assert not probe.disconnect_during_final_send
+    assert_not_delivered(manager, timeline)
+
+
+@pytest.mark.parametrize("server_kind", ["hypercorn-trio"])
+async def test_hypercorn_client_resets_during_the_final_send(server_kind: str) -> None:
+    """hypercorn swallows the failed write and reports the disconnect: delivered."""
+    manager, probe, timeline, _ = make_delivery_app([bytes(BIG_CHUNK_SIZE)], timeout=False)
+    async with serve(server_kind, probe) as server:
+        async with request_without_reading(server, "/download") as connection:
+            with anyio.fail_after(WAIT):
+                await probe.final_send_started.wait()  # and waits for the client to read
+            await reset(connection)
+        with anyio.fail_after(WAIT):
+            await probe.app_returned.wait()
+        await manager.join(WAIT)
+
+    # The write fails inside the final send; hypercorn reports http.disconnect, and
+    # Starlette's disconnect listener cancels that send.
+    assert probe.disconnect_during_final_send
+    assert probe.final_send == "cancelled"
+    assert_delivered(manager, timeline)

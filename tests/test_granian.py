@@ -6,6 +6,12 @@ that hold a response's final message until the client has the whole response),
 talks to it over loopback, then fetches ``/report``: the app's timeline and
 counters once ``manager.join()`` returned there. Every wait is bounded; the server
 process is always stopped, and killed if it does not stop in time.
+
+The tests of "when is a response delivered?" at the end pin how granian's final send
+ends: at once for a message granian takes whole; cancelled by a timeout while it
+waits for room in granian's queue of body chunks; and returning, without an error,
+when the client resets the connection meanwhile (granian logs the failed write and
+tells the app nothing, so the rule's "the final send raised" case is never reached).
 """
 
 from __future__ import annotations
@@ -15,17 +21,21 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import httpx2
 import pytest
+
+from .delivery import BIG_CHUNK_SIZE
 
 pytest.importorskip(
     "granian",
@@ -47,6 +57,8 @@ CHUNKS = (b"one ", b"two ", b"three")
 """What ``/stream`` sends, one chunk at a time (as in the app module)."""
 SHUTDOWN_REPORT = "shutdown report:"
 """Starts the line the app prints at the end of its lifespan (as in the app module)."""
+GRANIAN_QUEUE = 4
+"""One-byte chunks ``/stuck-final`` sends after its big one (as in the app module)."""
 START_ATTEMPTS = 3
 """Another process may take the free port we picked before granian binds it."""
 CONNECT_ATTEMPTS = 12
@@ -91,11 +103,15 @@ class Report:
 
     @property
     def sent(self) -> list[str]:
-        """The timeline without the probe's notes of when the app returned.
+        """The timeline without the probe's notes of when the app returned or heard of a disconnect.
 
-        The app may return before or after after-response work started.
+        Either may come before or after after-response work started.
         """
-        return [what for what in self.timeline if not what.startswith("app returned")]
+        return [
+            what
+            for what in self.timeline
+            if not what.startswith(("app returned", "http.disconnect received"))
+        ]
 
     def at(self, what: str) -> int:
         """Position of the first entry ``what`` in the timeline."""
@@ -329,6 +345,9 @@ def test_streamed_response_hands_over_after_the_last_chunk(server: Server) -> No
         after_response,
     ]
     assert client_had_everything < report.ns(after_response)
+    # granian's final send returns at once (the "response complete" entry above);
+    # it reports http.disconnect, if at all, only afterwards.
+    assert "http.disconnect received during the final send" not in report.timeline
     assert report.stats["succeeded"] == 1
     assert report.stats["discarded"] == 0
 
@@ -472,3 +491,100 @@ def test_graceful_shutdown_cancels_unshielded_and_finishes_shielded(server: Serv
     assert report["stats"]["succeeded"] == 1
     assert report["running"] is False
     assert report["tasks left"] == 0
+
+
+# -- when is a response delivered? ------------------------------------------------------
+
+
+@contextmanager
+def request_without_reading(server: Server, path: str) -> Generator[socket.socket, None, None]:
+    """GET ``path`` and read the response's head only; close the connection on exit."""
+    host, port = server.client.base_url.host, server.client.base_url.port
+    assert port is not None
+    with socket.create_connection((host, port), timeout=WAIT) as connection:
+        connection.sendall(f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = connection.recv(1)  # not a byte of the body: the client stops reading
+            assert data, f"connection closed early; received {head!r}"
+            head += data
+        assert head.startswith(b"HTTP/1.1 200")
+        yield connection
+
+
+def read_to_end(connection: socket.socket, up_to: int) -> int:
+    """Read ``up_to`` bytes, or fewer if the server closes first; return how many came."""
+    size = 0
+    while size < up_to and (data := connection.recv(1 << 20)):  # the socket's timeout bounds it
+        size += len(data)
+    return size
+
+
+def test_timeout_cancels_a_final_send_waiting_in_granians_queue(server: Server) -> None:
+    """Cancelled before granian took the final message: not delivered.
+
+    granian hands body messages to hyper through a queue of four, and hyper takes the
+    next one only once it wrote the one before. With the big chunk unwritten (the client
+    does not read) and four more queued, the final send waits for room in the queue
+    until the timeout cancels it.
+    """
+    with request_without_reading(server, "/timed/stuck-final") as connection:
+        server.wait_for("returned:/timed/stuck-final")
+        report = server.report()
+        # granian sends what it holds, then closes: the body is cut short.
+        received = read_to_end(connection, BIG_CHUNK_SIZE + GRANIAN_QUEUE + len(b"end"))
+
+    assert received == BIG_CHUNK_SIZE + GRANIAN_QUEUE
+    at = report.at
+    assert at("the timeout ran out") < at("final send cancelled, 1 handed over")
+    assert not [what for what in report.timeline if what.startswith("http.disconnect")]
+    assert "after-response ran" not in report.timeline
+    assert {"after-route ran", "run_on_failure after-response ran"} <= set(report.timeline)
+    assert report.stats["discarded"] == 1
+    assert report.stats["succeeded"] == 2
+
+
+def test_counts_a_final_message_it_took_as_sent(server: Server) -> None:
+    """A response in one message: granian takes it whole, and the send returns at once.
+
+    Delivered, whether or not the client ever reads it.
+    """
+    with request_without_reading(server, "/one-message") as connection:
+        server.wait_for("returned:/one-message")
+        report = server.report()  # not a byte of the body read yet
+        received = read_to_end(connection, BIG_CHUNK_SIZE)
+
+    assert received == BIG_CHUNK_SIZE
+    assert "response complete (http.response.body), 1 handed over" in report.timeline
+    assert_delivered(report)
+
+
+def test_client_resets_during_the_final_send(server: Server) -> None:
+    """granian logs the failed write at INFO and tells the app nothing: delivered."""
+    with request_without_reading(server, "/stuck-final") as connection:
+        server.wait_for("final send:/stuck-final")  # and it waits for room in the queue
+        # Closing with a reset, as a client that crashed does.
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server.wait_for("returned:/stuck-final")
+    report = server.report()
+    exit_code = server.shut_down()
+
+    assert exit_code == 0
+    assert "ASGI transport error" in server.log.text
+    # The final send returns once hyper dropped the body. Should granian report the
+    # closed connection to Starlette's disconnect listener first, the listener would
+    # cancel that send instead: delivered either way (never seen so far).
+    assert "response complete (http.response.body), 1 handed over" in report.timeline or (
+        report.at("http.disconnect received during the final send")
+        < report.at("final send cancelled, 1 handed over")
+    )
+    assert not [what for what in report.timeline if what.startswith("final send raised")]
+    assert_delivered(report)
+
+
+def assert_delivered(report: Report) -> None:
+    assert {"after-route ran", "after-response ran", "run_on_failure after-response ran"} <= (
+        set(report.timeline)
+    )
+    assert report.stats["discarded"] == 0
+    assert report.stats["succeeded"] == 3
