@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ __all__ = [
     "log_retry",
     "log_succeeded",
     "safe_repr",
+    "thread_work",
 ]
 
 logger = logging.getLogger("fastapi_tasks")
@@ -65,20 +67,42 @@ class TaskEvent:
 Listener = Callable[[TaskEvent], object]
 """A function called with each [`TaskEvent`][fastapi_tasks.TaskEvent] on the loop's thread."""
 
-current_work: contextvars.ContextVar[Work | None] = contextvars.ContextVar(
-    "fastapi_tasks_work", default=None
+thread_work: contextvars.ContextVar[Work | None] = contextvars.ContextVar(
+    "fastapi_tasks_thread_work", default=None
 )
-"""The work running in this context (set by the executor for the work's own context)."""
+"""The work a worker thread runs (sync work, sync ``on_error`` handlers), in its context."""
+
+
+def current_work() -> Work | None:
+    """The work whose task (or worker thread) runs the calling code, if any.
+
+    On the event loop the work's own coroutine, ``execute(work, ...)``, is on the
+    call stack of everything the work awaits: finding it there on demand costs
+    nothing per task, where a context variable set in every task would cost each
+    one a context copy. Worker threads carry the work in ``thread_work``.
+    """
+    work = thread_work.get()
+    if work is not None:
+        return work
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code.co_name == "execute":
+            found = frame.f_locals.get("work")
+            if isinstance(found, Work):
+                return found
+        frame = frame.f_back
+    return None
 
 
 def current_task() -> Task[Any] | None:
-    """Return the handle of the background work running in the current context, else ``None``.
+    """Return the handle of the background work that is running the calling code, else ``None``.
 
-    Inside a task (and its ``on_error`` handler, and sync work in its thread) this
-    is the task's own handle, so work can log or tag itself (``current_task().id``)
-    without being passed its handle.
+    Inside a task, in its ``on_error`` handler, and in a sync task's worker thread,
+    this is the task's own handle, so work can log or tag itself
+    (``current_task().id``) without being passed its handle. Tasks or threads that
+    the work starts by itself are not the work: there it returns ``None``.
     """
-    work = current_work.get()
+    work = current_work()
     return None if work is None else work.handle
 
 

@@ -19,7 +19,7 @@ import anyio
 
 from ._call import is_async_callable
 from ._config import MAX_RETRY_DELAY
-from ._events import current_work, log_failure, logger, safe_repr
+from ._events import log_failure, logger, safe_repr
 from ._task import PENDING, Task, TaskState, Work
 
 __all__ = ["Host", "execute", "retry_wait"]
@@ -66,7 +66,6 @@ async def execute(work: Work, host: Host) -> None:
     """Run the work to its final state; started once, by the runner."""
     if work.state is not PENDING:  # cancelled after the runner got it
         return
-    current_work.set(work)  # this context belongs to the task alone
     span = None
     if host.tracer is not None and work.handle is not None:
         span = host.span(work.handle)

@@ -32,6 +32,7 @@ from ._events import (
     log_retry,
     log_succeeded,
     logger,
+    thread_work,
 )
 from ._execute import execute
 from ._runner import Chain, Runner, open_runner
@@ -74,7 +75,7 @@ _running: list[TaskManager] = []
 
 def find_current_manager() -> TaskManager | None:
     """The manager for code running now: the task's, the request's, else the only one."""
-    work = current_work.get()
+    work = current_work()
     if work is not None:
         found: TaskManager = work.owner.manager
         return found
@@ -444,8 +445,10 @@ class Engine:
         if runner is None or threads is None:  # `await task()` on sync work after shutdown
             raise self.refusal()
         job = ThreadJob(runner, limiter)
+        context = contextvars.copy_context()
+        context.run(thread_work.set, work)  # current_task() in the thread
         try:
-            return await job.call(threads, func, time_limit)
+            return await job.call(threads, context, func, time_limit)
         except BaseException:
             if job.abandoned:
                 work.busy_thread = job.finished
@@ -474,7 +477,7 @@ class Engine:
     # -- join, stats ------------------------------------------------------------
 
     def refuse_own_task(self, what: str) -> None:
-        work = current_work.get()
+        work = current_work()
         if work is not None and work.owner is self:
             raise RuntimeError(
                 f"{what} was called inside task {work.name} (id {work.id}) of the same "

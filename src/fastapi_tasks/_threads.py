@@ -128,9 +128,13 @@ class ThreadJob:
         return self.ran and not self.finished.is_set()
 
     async def call(
-        self, threads: WorkerThreads, func: Callable[[], Any], time_limit: float | None
+        self,
+        threads: WorkerThreads,
+        context: contextvars.Context,
+        func: Callable[[], Any],
+        time_limit: float | None,
     ) -> Any:
-        """Run ``func`` in a thread; ``time_limit`` counts from the moment a thread took it.
+        """Run ``func`` in ``context`` in a thread; ``time_limit`` counts once a thread took it.
 
         When ``func`` returns an awaitable (a plain function wrapping a coroutine
         function), it is awaited here, under the same time limit and still holding
@@ -144,7 +148,7 @@ class ThreadJob:
             if limiter is not None:
                 await limiter.acquire_on_behalf_of(self)
                 self._holding = True
-            future = threads.submit(self._run, contextvars.copy_context(), func)
+            future = threads.submit(self._run, context, func)
             future.add_done_callback(self._thread_done)
             self.ran = True  # until it turns out the call never left the queue
             try:
