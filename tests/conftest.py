@@ -5,12 +5,16 @@ from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from fastapi import FastAPI
-from starlette.types import Message, Scope
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fastapi_tasks import TaskManager, add_tasks
+
+LIFESPAN_WAIT = 30.0
+"""Seconds ``serving()`` waits for the app to answer a lifespan message."""
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -20,12 +24,95 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @asynccontextmanager
 async def serving(app: FastAPI) -> AsyncGenerator[httpx2.AsyncClient, None]:
-    """Run the app's lifespan and give a client that talks to it in process."""
-    async with app.router.lifespan_context(app):
-        transport = httpx2.ASGITransport(app=app)
-        client = httpx2.AsyncClient(transport=transport, base_url="http://test")
-        async with client:
-            yield client
+    """Run the app's lifespan as a server does and give a client that talks to it in process.
+
+    The lifespan runs in a task of its own, driven by ASGI ``lifespan.startup`` and
+    ``lifespan.shutdown`` messages sent to the whole app (so outer middleware sees
+    them), and nothing it sets in its context leaks into the test or its requests.
+    Like uvicorn, hypercorn and ``TestClient``, each request gets a copy of the
+    lifespan state. A failed startup or shutdown raises here.
+    """
+    state: dict[str, Any] = {}
+    lifespan = _LifespanDriver(app, state)
+
+    async def with_lifespan_state(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["state"] = state.copy()
+        await app(scope, receive, send)
+
+    body_error: Exception | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(lifespan.run)
+        if await lifespan.started():
+            try:
+                transport = httpx2.ASGITransport(app=with_lifespan_state)
+                client = httpx2.AsyncClient(transport=transport, base_url="http://test")
+                async with client:
+                    yield client
+            except Exception as exc:
+                body_error = exc  # re-raised below, outside the task group: not wrapped
+            finally:
+                await lifespan.shut_down()
+        else:
+            group.cancel_scope.cancel()
+    lifespan.raise_for_failure()
+    if body_error is not None:
+        raise body_error
+
+
+class _LifespanDriver:
+    """Sends ASGI lifespan messages to an app that runs in a task of its own."""
+
+    def __init__(self, app: ASGIApp, state: dict[str, Any]) -> None:
+        self._app = app
+        self._scope: Scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "state": state,
+        }
+        self._messages = iter(["lifespan.startup", "lifespan.shutdown"])
+        self._shutdown_wanted = anyio.Event()
+        self._answers = {"startup": anyio.Event(), "shutdown": anyio.Event()}
+        self._failures: dict[str, str] = {}
+        self._error: Exception | None = None
+
+    async def run(self) -> None:
+        try:
+            await self._app(self._scope, self._receive, self._send)
+        except Exception as exc:
+            self._error = exc
+        finally:
+            for answer in self._answers.values():
+                answer.set()  # what was not answered by now never will be
+
+    async def _receive(self) -> Message:
+        kind = next(self._messages)
+        if kind == "lifespan.shutdown":
+            await self._shutdown_wanted.wait()
+        return {"type": kind}
+
+    async def _send(self, message: Message) -> None:
+        phase, _, outcome = str(message["type"]).removeprefix("lifespan.").partition(".")
+        if outcome == "failed":
+            self._failures[phase] = str(message.get("message", ""))
+        self._answers[phase].set()
+
+    async def started(self) -> bool:
+        """Wait for the answer to ``lifespan.startup``; whether startup succeeded."""
+        with anyio.fail_after(LIFESPAN_WAIT):
+            await self._answers["startup"].wait()
+        return self._error is None and not self._failures
+
+    async def shut_down(self) -> None:
+        """Send ``lifespan.shutdown`` and wait for the app's answer."""
+        self._shutdown_wanted.set()
+        with anyio.fail_after(LIFESPAN_WAIT):
+            await self._answers["shutdown"].wait()
+
+    def raise_for_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
+        for phase, message in self._failures.items():
+            raise RuntimeError(f"lifespan {phase} failed: {message}")
 
 
 def http_scope(path: str = "/") -> Scope:
