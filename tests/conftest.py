@@ -33,7 +33,7 @@ async def serving(app: FastAPI) -> AsyncGenerator[httpx2.AsyncClient, None]:
     lifespan state. A failed startup or shutdown raises here.
     """
     state: dict[str, Any] = {}
-    lifespan = _LifespanDriver(app, state)
+    lifespan = LifespanDriver(app, state)
 
     async def with_lifespan_state(scope: Scope, receive: Receive, send: Send) -> None:
         scope["state"] = state.copy()
@@ -59,8 +59,13 @@ async def serving(app: FastAPI) -> AsyncGenerator[httpx2.AsyncClient, None]:
         raise body_error
 
 
-class _LifespanDriver:
-    """Sends ASGI lifespan messages to an app that runs in a task of its own."""
+class LifespanDriver:
+    """Sends ASGI lifespan messages to an app that runs in a task of its own.
+
+    Start ``run()`` in a task group, then ``await started()``; ``await shut_down()``
+    ends the lifespan, and ``raise_for_failure()`` (outside the task group) raises
+    what went wrong.
+    """
 
     def __init__(self, app: ASGIApp, state: dict[str, Any]) -> None:
         self._app = app
@@ -71,6 +76,8 @@ class _LifespanDriver:
         }
         self._messages = iter(["lifespan.startup", "lifespan.shutdown"])
         self._shutdown_wanted = anyio.Event()
+        self.shutdown_delivered = anyio.Event()
+        """Set as the app receives ``lifespan.shutdown``: its shutdown begins."""
         self._answers = {"startup": anyio.Event(), "shutdown": anyio.Event()}
         self._failures: dict[str, str] = {}
         self._error: Exception | None = None
@@ -88,6 +95,7 @@ class _LifespanDriver:
         kind = next(self._messages)
         if kind == "lifespan.shutdown":
             await self._shutdown_wanted.wait()
+            self.shutdown_delivered.set()
         return {"type": kind}
 
     async def _send(self, message: Message) -> None:
