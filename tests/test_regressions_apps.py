@@ -12,7 +12,7 @@ tests, and FastAPI resolves string annotations in module globals only.
 import asyncio
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -63,15 +63,12 @@ async def test_r12_work_drains_before_routers_and_the_app_shut_down(
     pool = {"open": False}
 
     @asynccontextmanager
-    async def open_pool(app: Any) -> AsyncIterator[None]:
+    async def open_pool(app: Any) -> AsyncGenerator[None, None]:
         pool["open"] = True
         yield
         pool["open"] = False  # no await first: closing happens the moment shutdown reaches it
 
-    if resource_of == "the app's own lifespan":
-        app = FastAPI(lifespan=open_pool)
-    else:
-        app = FastAPI()
+    app = FastAPI(lifespan=open_pool) if resource_of == "the app's own lifespan" else FastAPI()
     manager = add_tasks(app, shutdown_timeout=5 if survives_by == "grace period" else 0)
     if resource_of == "a router included after add_tasks":
         app.include_router(APIRouter(lifespan=open_pool))
@@ -79,6 +76,7 @@ async def test_r12_work_drains_before_routers_and_the_app_shut_down(
     driver = LifespanDriver(app, {})
     running = anyio.Event()
     pool_open_at_the_end: list[bool] = []
+    handles: list[Task[None]] = []
 
     async def write_to_pool() -> None:
         running.set()
@@ -92,13 +90,13 @@ async def test_r12_work_drains_before_routers_and_the_app_shut_down(
             group.start_soon(driver.run)
             assert await driver.started()
             assert pool["open"]
-            task = manager.task(shield=survives_by == "shield").schedule(write_to_pool)
+            handles.append(manager.task(shield=survives_by == "shield").schedule(write_to_pool))
             await running.wait()
             await driver.shut_down()
     driver.raise_for_failure()
 
     assert pool_open_at_the_end == [True]
-    assert task.state is TaskState.SUCCEEDED
+    assert handles[0].state is TaskState.SUCCEEDED
     assert not pool["open"]  # and it was closed after all
 
 
@@ -267,15 +265,21 @@ async def test_two_loops_a_call_from_another_running_loop_names_both(call: str) 
     async def endpoint(tasks: Tasks) -> None:
         tasks.schedule(noop)
 
-    this_loop_repr = repr(asyncio.get_running_loop())
-    async with LifespanInThread(app, "asyncio") as lifespan:
-        with pytest.raises(Exception, match="loop") as raised, anyio.fail_after(WAIT):  # noqa: PT011 - any clear error
+    async def make_the_call() -> None:
+        with anyio.fail_after(WAIT):
             if call == "manager.schedule()":
                 manager.schedule(noop)
-            else:
-                transport = httpx2.ASGITransport(app=app)
-                async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
-                    await client.get("/")
+                return
+            client = httpx2.AsyncClient(
+                transport=httpx2.ASGITransport(app=app), base_url="http://test"
+            )
+            async with client:
+                await client.get("/")
+
+    this_loop_repr = repr(asyncio.get_running_loop())
+    async with LifespanInThread(app, "asyncio") as lifespan:
+        with pytest.raises(Exception, match="loop") as raised:
+            await make_the_call()
     assert not lifespan.errors
     message = str(raised.value)
     assert lifespan.loop_repr in message or this_loop_repr in message, message
@@ -317,7 +321,7 @@ def test_l5_add_tasks_on_something_that_is_not_an_app(not_an_app: object) -> Non
 
     Its message names what it expects.
     """
-    with pytest.raises(TypeError, match="FastAPI|Starlette"):
+    with pytest.raises(TypeError, match=r"FastAPI|Starlette"):
         add_tasks(cast("Any", not_an_app))
 
 
@@ -391,10 +395,10 @@ async def test_h1_server_survives_work_that_exits_or_interrupts(
             assert (await client.post("/fail")).status_code == 200
             with anyio.fail_after(WAIT):
                 await handles["failing"].wait()
-            health = await client.get("/health")
+            health_check = await client.get("/health")
         await server.shut_down()
 
-    assert health.status_code == 200
+    assert health_check.status_code == 200
     assert handles["failing"].state is TaskState.FAILED
     assert handles["ledger"].state is TaskState.SUCCEEDED
     assert ledger == ["written"]

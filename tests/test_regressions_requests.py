@@ -24,7 +24,7 @@ from fastapi import Depends, FastAPI, HTTPException
 from starlette.types import Message
 
 import fastapi_tasks._fastapi_compat
-from fastapi_tasks import Task, TaskManager, Tasks, TaskState, add_tasks
+from fastapi_tasks import Task, Tasks, TaskState, add_tasks
 
 from .conftest import Recorder, http_scope, receive_empty_body, serving
 
@@ -76,13 +76,9 @@ async def test_r3_function_scoped_dependency_teardown_decides_deferred_work(
     handles: dict[str, Task[None]] = {}
 
     @app.get("/orders")
-    async def create(
-        db: Annotated[str, Depends(session, scope="function")], tasks: Tasks
-    ) -> str:
+    async def create(db: Annotated[str, Depends(session, scope="function")], tasks: Tasks) -> str:
         handles["after-route"] = tasks.after_route.schedule(recorder.record, "after-route")
-        handles["after-response"] = tasks.after_response.schedule(
-            recorder.record, "after-response"
-        )
+        handles["after-response"] = tasks.after_response.schedule(recorder.record, "after-response")
         handles["after-route, run_on_failure"] = tasks.after_route.task(
             run_on_failure=True
         ).schedule(recorder.record, "after-route, run_on_failure")
@@ -194,9 +190,7 @@ async def test_r4_cancelled_final_body_send_counts_as_not_delivered(
     @app.get("/")
     async def endpoint(tasks: Tasks) -> str:
         handles["after-route"] = tasks.after_route.schedule(recorder.record, "after-route")
-        handles["after-response"] = tasks.after_response.schedule(
-            recorder.record, "after-response"
-        )
+        handles["after-response"] = tasks.after_response.schedule(recorder.record, "after-response")
         handles["run_on_failure"] = tasks.after_response.task(run_on_failure=True).schedule(
             recorder.record, "after-response, run_on_failure"
         )
