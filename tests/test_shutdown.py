@@ -20,15 +20,20 @@ async def test_default_shutdown_cancels_unshielded_work_at_once(
     app: FastAPI, manager: TaskManager, task_logs: pytest.LogCaptureFixture
 ) -> None:
     started = anyio.Event()
+    cancelling = anyio.Event()
     finished: list[str] = []
 
     async def forever() -> None:
         started.set()
-        await anyio.sleep_forever()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelling.set()
 
     async def shielded() -> None:
-        await started.wait()
-        await anyio.lowlevel.checkpoint()
+        # Shutting down takes a turn of the event loop, as it does under a server:
+        # wait until it has begun, so this work is still running then.
+        await cancelling.wait()
         finished.append("shielded")
 
     async with serving(app):
