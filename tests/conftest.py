@@ -5,13 +5,17 @@ from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from fastapi import FastAPI
-from starlette.types import Message, Scope
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fastapi_tasks import TaskManager, add_tasks
 from fastapi_tasks.testing import run_lifespan
+
+LIFESPAN_WAIT = 30.0
+"""Seconds ``serving()`` waits for the app to answer a lifespan message."""
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -21,12 +25,87 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @asynccontextmanager
 async def serving(app: FastAPI) -> AsyncGenerator[httpx2.AsyncClient, None]:
-    """Run the app's lifespan as a server does and give a client that talks to it in process."""
-    async with run_lifespan(app):
-        transport = httpx2.ASGITransport(app=app)
+    """Run the app's lifespan as a server does and give a client that talks to it in process.
+
+    The lifespan runs in a task of its own (``fastapi_tasks.testing.run_lifespan``),
+    driven by ASGI lifespan messages sent to the whole app, so nothing it sets in its
+    context leaks into the test or its requests. Like uvicorn, hypercorn and
+    ``TestClient``, each request gets a copy of the lifespan state.
+    """
+    async with run_lifespan(app) as state:
+
+        async def with_lifespan_state(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["state"] = state.copy()
+            await app(scope, receive, send)
+
+        transport = httpx2.ASGITransport(app=with_lifespan_state)
         client = httpx2.AsyncClient(transport=transport, base_url="http://test")
         async with client:
             yield client
+
+
+class LifespanDriver:
+    """Sends ASGI lifespan messages to an app that runs in a task of its own.
+
+    Start ``run()`` in a task group, then ``await started()``; ``await shut_down()``
+    ends the lifespan, and ``raise_for_failure()`` (outside the task group) raises
+    what went wrong.
+    """
+
+    def __init__(self, app: ASGIApp, state: dict[str, Any]) -> None:
+        self._app = app
+        self._scope: Scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "state": state,
+        }
+        self._messages = iter(["lifespan.startup", "lifespan.shutdown"])
+        self._shutdown_wanted = anyio.Event()
+        self.shutdown_delivered = anyio.Event()
+        """Set as the app receives ``lifespan.shutdown``: its shutdown begins."""
+        self._answers = {"startup": anyio.Event(), "shutdown": anyio.Event()}
+        self._failures: dict[str, str] = {}
+        self._error: Exception | None = None
+
+    async def run(self) -> None:
+        try:
+            await self._app(self._scope, self._receive, self._send)
+        except Exception as exc:
+            self._error = exc
+        finally:
+            for answer in self._answers.values():
+                answer.set()  # what was not answered by now never will be
+
+    async def _receive(self) -> Message:
+        kind = next(self._messages)
+        if kind == "lifespan.shutdown":
+            await self._shutdown_wanted.wait()
+            self.shutdown_delivered.set()
+        return {"type": kind}
+
+    async def _send(self, message: Message) -> None:
+        phase, _, outcome = str(message["type"]).removeprefix("lifespan.").partition(".")
+        if outcome == "failed":
+            self._failures[phase] = str(message.get("message", ""))
+        self._answers[phase].set()
+
+    async def started(self) -> bool:
+        """Wait for the answer to ``lifespan.startup``; whether startup succeeded."""
+        with anyio.fail_after(LIFESPAN_WAIT):
+            await self._answers["startup"].wait()
+        return self._error is None and not self._failures
+
+    async def shut_down(self) -> None:
+        """Send ``lifespan.shutdown`` and wait for the app's answer."""
+        self._shutdown_wanted.set()
+        with anyio.fail_after(LIFESPAN_WAIT):
+            await self._answers["shutdown"].wait()
+
+    def raise_for_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
+        for phase, message in self._failures.items():
+            raise RuntimeError(f"lifespan {phase} failed: {message}")
 
 
 def http_scope(path: str = "/") -> Scope:

@@ -238,10 +238,11 @@ class Engine:
         self.log_successes = False
         self.chain = Chain()  # start order of work scheduled outside requests (trio)
         self.listeners: Listeners | None = None  # only while there is a listener
-        # Every task from schedule() until settle(); those handed over to the runner
-        # (pending or running); those waiting for a max_concurrency slot; those a
-        # thread scheduled that have not reached the loop yet.
-        self.unfinished: dict[Work, None] = {}
+        # Unfinished work is in exactly one of these at a time: waiting for its
+        # request's moment; handed over to the runner (pending or running; those
+        # waiting for a max_concurrency slot are also in `waiting`); scheduled by a
+        # thread and not on the loop yet.
+        self.deferred: dict[Work, None] = {}
         self.live: dict[Work, None] = {}
         self.waiting: OrderedDict[Work, None] = OrderedDict()
         self.in_transit: dict[Work, None] = {}
@@ -305,7 +306,6 @@ class Engine:
         self.accept(work, target)
 
     def accept(self, work: Work, target: Any) -> None:
-        self.unfinished[work] = None
         self.scheduled += 1
         if self.listeners is not None:
             self.listeners.publish("scheduled", work)
@@ -318,6 +318,7 @@ class Engine:
             return
         if work.context is None:
             work.context = contextvars.copy_context()
+        self.deferred[work] = None
         deferrer: Deferrer = target
         deferrer.defer(work)
 
@@ -328,6 +329,8 @@ class Engine:
         if self.phase != _RUNNING:
             self.discard(work, "the app was shutting down")
             return
+        if self.deferred:
+            self.deferred.pop(work, None)
         self.live[work] = None
         limit = self.max_concurrency
         if limit is None:  # no slots to count
@@ -401,8 +404,9 @@ class Engine:
         # What the finished handle must not keep alive: the scheduling context (a
         # request's whole state), the runner's objects, the wait for a thread.
         work.context = work.cancel_target = work.chain = work.busy_thread = None
-        self.unfinished.pop(work, None)
         self.live.pop(work, None)
+        if self.deferred:
+            self.deferred.pop(work, None)
         self.counts[state] += 1
         if work.attempts:
             self.ended_started += 1
@@ -485,7 +489,7 @@ class Engine:
             )
 
     async def wait_idle(self, include_deferred: bool) -> None:
-        while self.live or (include_deferred and (self.unfinished or self.in_transit)):
+        while self.live or (include_deferred and (self.deferred or self.in_transit)):
             if self.idle is None:
                 self.idle = self.new_event()
             await self.idle.wait()
@@ -677,7 +681,7 @@ class TaskManager(Scheduler):
         if runner.on_loop_thread():
             raise RuntimeError("join_blocking() would block the event loop; use 'await join()'")
         engine.refuse_own_task("join_blocking()")
-        if engine.unfinished or engine.in_transit:
+        if engine.live or engine.deferred or engine.in_transit:
             runner.run_blocking(functools.partial(self.join, timeout))
 
     @asynccontextmanager

@@ -162,7 +162,7 @@ class Task(Generic[R]):
     ``cancel()`` may be called from any thread; the rest belongs on the event loop.
     """
 
-    __slots__ = ("__weakref__", "_work")
+    __slots__ = ("_work",)
 
     def __init__(self, work: Work) -> None:
         self._work = work
