@@ -102,8 +102,7 @@ def current_task() -> Task[Any] | None:
     (``current_task().id``) without being passed its handle. Tasks or threads that
     the work starts by itself are not the work: there it returns ``None``.
     """
-    work = current_work()
-    return None if work is None else work.handle
+    return current_work()
 
 
 class Listeners:
@@ -132,10 +131,7 @@ class Listeners:
         return Listeners(tuple(items), frozenset(self._broken - {id(listener)}))
 
     def publish(self, kind: EventKind, work: Work, exception: BaseException | None = None) -> None:
-        handle = work.handle
-        if handle is None:  # pragma: no cover - events come before settle() drops it
-            return
-        event = TaskEvent(kind, handle, work.state, time.time(), work.attempts, exception)
+        event = TaskEvent(kind, work, work.state, time.time(), work.attempts, exception)
         for listener in self._items:
             try:
                 listener(event)

@@ -67,8 +67,8 @@ async def execute(work: Work, host: Host) -> None:
     if work.state is not PENDING:  # cancelled after the runner got it
         return
     span = None
-    if host.tracer is not None and work.handle is not None:
-        span = host.span(work.handle)
+    if host.tracer is not None:
+        span = host.span(work)
         span.__enter__()
     host.mark_started(work)
     state = CANCELLED
@@ -145,7 +145,6 @@ async def _report_failure(work: Work, exc: BaseException, host: Host) -> None:
     handler = work.config.on_error
     if handler is None:
         return
-    task = work.handle
     timeout = work.config.timeout
     # Shielding protects the work, not its handler: it runs under the task's timeout,
     # and shutdown cancels it after the grace period like unshielded work.
@@ -156,9 +155,9 @@ async def _report_failure(work: Work, exc: BaseException, host: Host) -> None:
         try:
             with anyio.fail_after(timeout):
                 if is_async_callable(handler):
-                    await handler(task, exc)  # type: ignore[arg-type,misc]
+                    await handler(work, exc)  # type: ignore[misc]
                 else:
-                    call = functools.partial(handler, task, exc)  # type: ignore[arg-type]
+                    call = functools.partial(handler, work, exc)
                     await host.call_sync(work, call, None, None)
         except host.cancelled_exc:
             raise

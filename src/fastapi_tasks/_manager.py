@@ -286,10 +286,9 @@ class Engine:
         if runner is None or self.phase != _RUNNING:
             raise self.refusal()
         work = Work(self, func, args, kwargs, config or self.config, mode, is_async)
-        task: Task[Any] = Task(work)
         if runner.on_loop_thread():
             self.accept(work, target)
-            return task
+            return work
         work.context = contextvars.copy_context()
         # Unfinished from now on, so a join() racing with the hand-over waits for it.
         self.in_transit[work] = None
@@ -298,7 +297,7 @@ class Engine:
         except RuntimeError:  # the loop ended since the check above
             self.in_transit.pop(work, None)
             raise self.refusal() from None
-        return task
+        return work
 
     def arrive(self, work: Work, target: Any) -> None:
         """Work a thread scheduled reaches the loop."""
@@ -386,8 +385,8 @@ class Engine:
         work.attempts = 1
         work.started_at = time.perf_counter()
         self.started += 1
-        if work.started is not None:
-            work.started.set()
+        if work.started_event is not None:
+            work.started_event.set()
         if self.listeners is not None:
             self.listeners.publish("started", work)
 
@@ -414,8 +413,8 @@ class Engine:
             work.admitted = False
             self.active -= 1
             self.start_waiting()
-        if work.done is not None:
-            work.done.set()
+        if work.done_event is not None:
+            work.done_event.set()
         if state is SUCCEEDED:
             if self.log_successes:
                 log_succeeded(work)
@@ -423,7 +422,6 @@ class Engine:
             log_discarded(work, reason)
         if self.listeners is not None:
             self.listeners.publish("finished", work, work.exception)
-        work.handle = None
         if self.idle is not None and not self.live:
             self.idle.set()
             self.idle = None
@@ -603,7 +601,7 @@ class TaskManager(Scheduler):
     @property
     def tasks(self) -> list[Task[Any]]:
         """The live tasks (handed over, pending or running), in the order they were handed over."""
-        return [work.handle for work in list(self._engine.live) if work.handle is not None]
+        return list(self._engine.live)
 
     @property
     def stats(self) -> TaskStats:

@@ -10,6 +10,7 @@ finished handle keeps only what its user may read.
 
 from __future__ import annotations
 
+import abc
 import enum
 import functools
 import itertools
@@ -80,8 +81,88 @@ def qualname(func: object) -> str:
     return getattr(func, "__qualname__", None) or type(func).__qualname__
 
 
-class Work:
-    """One piece of scheduled work as the runtime sees it (not part of the public API)."""
+class Task(abc.ABC, Generic[R]):
+    """Handle of one piece of background work, returned by ``schedule()``.
+
+    Handles are made by ``schedule()``, never by hand. ``schedule()`` and
+    ``cancel()`` may be called from any thread; the rest belongs on the event loop.
+    """
+
+    __slots__ = ()
+
+    func: Callable[..., Any]
+    """The function that was scheduled."""
+    args: tuple[Any, ...]
+    """Its positional arguments."""
+    kwargs: dict[str, Any]
+    """Its keyword arguments."""
+    config: TaskConfig
+    """The merged options it runs with."""
+    id: int
+    """Unique within the process, increasing in scheduling order."""
+    mode: TaskMode
+    """``"immediate"``, ``"after_route"`` or ``"after_response"``."""
+    state: TaskState
+    """Where it is in its life cycle ([`TaskState`][fastapi_tasks.TaskState])."""
+    attempts: int
+    """How many attempts have started so far."""
+    result: R | None
+    """The return value once the task succeeded, else ``None``."""
+    exception: BaseException | None
+    """The exception of the last attempt once the task failed, else ``None``."""
+
+    @property
+    @abc.abstractmethod
+    def name(self) -> str:
+        """The configured name, else the function's qualified name."""
+
+    @property
+    @abc.abstractmethod
+    def done(self) -> bool:
+        """Whether the task reached a final state."""
+
+    @property
+    @abc.abstractmethod
+    def duration(self) -> float | None:
+        """Seconds from the first attempt's start to the end, once it ended after starting."""
+
+    @property
+    @abc.abstractmethod
+    def started(self) -> Event:
+        """An event set when the first attempt begins (``await task.started.wait()``).
+
+        The attempt may then still wait for its ``limiter`` or a worker thread
+        before the function itself is called. Work that ended without starting
+        (cancelled or discarded) never sets it: wait on ``wait()`` for the end.
+        """
+
+    @abc.abstractmethod
+    async def wait(self) -> None:
+        """Wait until the task reached a final state (it does not raise the task's error)."""
+
+    @abc.abstractmethod
+    def cancel(self) -> bool:
+        """Cancel the work; return ``False`` if it had already finished.
+
+        Safe from any thread. Work that has not started is never started, and is
+        released at once. Running async work is cancelled at its next await; a
+        sync function already running in a thread cannot be interrupted, so it is
+        abandoned and its result dropped.
+        """
+
+    @abc.abstractmethod
+    async def __call__(self) -> R:
+        """Run the function once more, now, in the caller's task, and return its result."""
+
+
+class Work(Task[Any]):
+    """A task as the runtime sees it: the handle users hold, with the state behind it.
+
+    ``Task`` is what users see; the fields this class adds are the manager's, the
+    runner's and the executor's, and only they touch them. Only the manager's
+    ``settle()`` writes a final state; it drops what a finished handle must not
+    keep (the scheduling context, the runner's objects) at that moment.
+    """
 
     __slots__ = (
         "admitted",
@@ -92,11 +173,10 @@ class Work:
         "chain",
         "config",
         "context",
-        "done",
+        "done_event",
         "ended_at",
         "exception",
         "func",
-        "handle",
         "handler_scope",
         "id",
         "is_async",
@@ -104,8 +184,8 @@ class Work:
         "mode",
         "owner",
         "result",
-        "started",
         "started_at",
+        "started_event",
         "state",
     )
 
@@ -124,162 +204,66 @@ class Work:
         self.args = args
         self.kwargs = kwargs
         self.config = config
-        self.mode: TaskMode = mode
+        self.mode = mode
         self.is_async = is_async
         self.id = next(_ids)
         self.state = PENDING
         self.attempts = 0
-        self.result: Any = None
-        self.exception: BaseException | None = None
+        self.result = None
+        self.exception = None
         self.started_at = 0.0
         self.ended_at = 0.0
-        # Until the work ends: the handle (events and on_error hand it out), the
-        # contextvars it runs with when it starts later than it was scheduled, what
-        # cancels it in the runner, and the runner's start-order chain (trio).
-        self.handle: Task[Any] | None = None
+        # Until the work ends: the contextvars it runs with when it starts later than
+        # it was scheduled, what cancels it in the runner, the runner's start-order
+        # chain (trio), a running on_error handler's scope, the wait for a thread.
         self.context: contextvars.Context | None = None
         self.cancel_target: Cancellable | None = None
         self.chain: Any = None
         self.handler_scope: Cancellable | None = None
         self.busy_thread: Event | None = None
         self.admitted = False  # holds one of the max_concurrency slots
-        self.started: Event | None = None
-        self.done: Event | None = None
+        self.started_event: Event | None = None
+        self.done_event: Event | None = None
+
+    def __repr__(self) -> str:
+        # Arguments stay out on purpose: they often carry personal data.
+        return f"<Task {self.name!r} id={self.id} mode={self.mode} state={self.state.value}>"
 
     @property
     def name(self) -> str:
         return self.config.name or qualname(self.func)
 
     @property
-    def finished(self) -> bool:
-        return self.state is not PENDING and self.state is not RUNNING
-
-
-class Task(Generic[R]):
-    """Handle of one piece of background work, returned by ``schedule()``.
-
-    Handles are made by ``schedule()``, never by hand. ``schedule()`` and
-    ``cancel()`` may be called from any thread; the rest belongs on the event loop.
-    """
-
-    __slots__ = ("_work",)
-
-    def __init__(self, work: Work) -> None:
-        self._work = work
-        work.handle = self
-
-    def __repr__(self) -> str:
-        # Arguments stay out on purpose: they often carry personal data.
-        work = self._work
-        return f"<Task {work.name!r} id={work.id} mode={work.mode} state={work.state.value}>"
-
-    @property
-    def func(self) -> Callable[..., Any]:
-        """The function that was scheduled."""
-        return self._work.func
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        """Its positional arguments."""
-        return self._work.args
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        """Its keyword arguments."""
-        return self._work.kwargs
-
-    @property
-    def config(self) -> TaskConfig:
-        """The merged options it runs with."""
-        return self._work.config
-
-    @property
-    def id(self) -> int:
-        """Unique within the process, increasing in scheduling order."""
-        return self._work.id
-
-    @property
-    def mode(self) -> TaskMode:
-        """``"immediate"``, ``"after_route"`` or ``"after_response"``."""
-        return self._work.mode
-
-    @property
-    def name(self) -> str:
-        """The configured name, else the function's qualified name."""
-        return self._work.name
-
-    @property
-    def state(self) -> TaskState:
-        """Where it is in its life cycle ([`TaskState`][fastapi_tasks.TaskState])."""
-        return self._work.state
-
-    @property
-    def attempts(self) -> int:
-        """How many attempts have started so far."""
-        return self._work.attempts
-
-    @property
     def done(self) -> bool:
-        """Whether the task reached a final state."""
-        return self._work.finished
-
-    @property
-    def result(self) -> R | None:
-        """The return value once the task succeeded, else ``None``."""
-        return self._work.result  # type: ignore[no-any-return]
-
-    @property
-    def exception(self) -> BaseException | None:
-        """The exception of the last attempt once the task failed, else ``None``."""
-        return self._work.exception
+        return self.state is not PENDING and self.state is not RUNNING
 
     @property
     def duration(self) -> float | None:
-        """Seconds from the first attempt's start to the end, once it ended after starting."""
-        work = self._work
-        if not work.ended_at or not work.started_at:
+        if not self.ended_at or not self.started_at:
             return None
-        return work.ended_at - work.started_at
+        return self.ended_at - self.started_at
 
     @property
     def started(self) -> Event:
-        """An event set when the first attempt begins (``await task.started.wait()``).
-
-        The attempt may then still wait for its ``limiter`` or a worker thread
-        before the function itself is called. Work that ended without starting
-        (cancelled or discarded) never sets it: wait on ``wait()`` for the end.
-        """
-        work = self._work
-        event = work.started
+        event = self.started_event
         if event is None:
-            event = work.started = work.owner.new_event()
-            if work.attempts:
+            event = self.started_event = self.owner.new_event()
+            if self.attempts:
                 event.set()
         return event
 
     async def wait(self) -> None:
-        """Wait until the task reached a final state (it does not raise the task's error)."""
-        work = self._work
-        if work.finished:
+        if self.done:
             return
-        if work.done is None:
-            work.done = work.owner.new_event()
-        await work.done.wait()
+        if self.done_event is None:
+            self.done_event = self.owner.new_event()
+        await self.done_event.wait()
 
     def cancel(self) -> bool:
-        """Cancel the work; return ``False`` if it had already finished.
-
-        Safe from any thread. Work that has not started is never started, and is
-        released at once. Running async work is cancelled at its next await; a
-        sync function already running in a thread cannot be interrupted, so it is
-        abandoned and its result dropped.
-        """
-        work = self._work
-        if work.finished:
+        if self.done:
             return False
-        work.owner.cancel(work)
+        self.owner.cancel(self)
         return True
 
-    async def __call__(self) -> R:
-        """Run the function once more, now, in the caller's task, and return its result."""
-        return await self._work.owner.call_again(self._work)  # type: ignore[no-any-return]
+    async def __call__(self) -> Any:
+        return await self.owner.call_again(self)
