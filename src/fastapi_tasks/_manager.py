@@ -252,7 +252,8 @@ class Engine:
         self.started = 0
         self.ended_started = 0
         self.retries = 0
-        self.counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
+        # By final state; plain ints, not a dict: a str-Enum key hashes in Python.
+        self.succeeded = self.failed = self.cancelled = self.discarded = 0
         self.manager = TaskManager(self)
 
     @property
@@ -406,7 +407,14 @@ class Engine:
         self.live.pop(work, None)
         if self.deferred:
             self.deferred.pop(work, None)
-        self.counts[state] += 1
+        if state is SUCCEEDED:
+            self.succeeded += 1
+        elif state is FAILED:
+            self.failed += 1
+        elif state is CANCELLED:
+            self.cancelled += 1
+        else:
+            self.discarded += 1
         if work.attempts:
             self.ended_started += 1
         if work.admitted:
@@ -493,16 +501,15 @@ class Engine:
             await self.idle.wait()
 
     def stats(self) -> TaskStats:
-        counts = self.counts
-        ended_pending = sum(counts.values()) - self.ended_started
+        ended = self.succeeded + self.failed + self.cancelled + self.discarded
         return TaskStats(
             scheduled=self.scheduled,
-            pending=self.scheduled - self.started - ended_pending,
+            pending=self.scheduled - self.started - (ended - self.ended_started),
             running=self.started - self.ended_started,
-            succeeded=counts[SUCCEEDED],
-            failed=counts[FAILED],
-            cancelled=counts[CANCELLED],
-            discarded=counts[DISCARDED],
+            succeeded=self.succeeded,
+            failed=self.failed,
+            cancelled=self.cancelled,
+            discarded=self.discarded,
             retries=self.retries,
         )
 
@@ -537,7 +544,7 @@ class Engine:
         if self.phase != _RUNNING:
             return
         self.phase = _CLOSING
-        before = dict(self.counts)
+        before = self.stats()
         try:
             if self.live and self.shutdown_timeout > 0:
                 with anyio.move_on_after(self.shutdown_timeout):
@@ -560,14 +567,13 @@ class Engine:
         finally:
             self.phase = _CLOSED
             self.runner = None
-            done = {state: self.counts[state] - before[state] for state in before}
             logger.info(
                 "task manager stopped: %d completed, %d failed, %d cancelled, %d discarded "
                 "during shutdown",
-                done[SUCCEEDED],
-                done[FAILED],
-                done[CANCELLED],
-                done[DISCARDED],
+                self.succeeded - before.succeeded,
+                self.failed - before.failed,
+                self.cancelled - before.cancelled,
+                self.discarded - before.discarded,
             )
 
 
