@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,9 +13,9 @@ import anyio
 import pytest
 from fastapi import FastAPI
 
-from fastapi_tasks import Task, TaskConfig, TaskState, add_tasks
+from fastapi_tasks import Task, TaskConfig, Tasks, TaskState, add_tasks
 
-from .inprocess import lifespan
+from .inprocess import lifespan, request
 
 pytestmark = [pytest.mark.reliability, pytest.mark.anyio]
 
@@ -125,9 +126,48 @@ async def test_shielded_work_whose_error_handler_hangs_does_not_hold_shutdown() 
 
     async with anyio.create_task_group() as group:
         group.start_soon(serve_app)
-        with anyio.move_on_after(5):
+        with anyio.move_on_after(3):  # the task's timeout is 0.2 s
             await ended.wait()
         in_time = ended.is_set()
         release.set()
     assert in_time, "shutdown waited for the handler"
     assert failed[0].state is TaskState.FAILED
+
+
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [
+        "asyncio",
+        pytest.param(
+            "trio", marks=pytest.mark.xfail(reason="M1: fixed by the core rewrite", strict=True)
+        ),
+    ],
+)
+async def test_running_work_cancelled_from_a_worker_thread(anyio_backend: str) -> None:
+    """SPEC section 7: ``Task.cancel()`` may be called from any thread."""
+    began = threading.Event()
+    release = anyio.Event()
+    handles: list[Task[None]] = []
+
+    async def long_work() -> None:
+        began.set()
+        with anyio.move_on_after(60):  # cancelled, else released once the test failed
+            await release.wait()
+
+    app = FastAPI()
+    manager = add_tasks(app)
+
+    @app.get("/")
+    def endpoint(tasks: Tasks) -> None:
+        handle = tasks.schedule(long_work)
+        handles.append(handle)
+        assert began.wait(10)
+        assert handle.cancel()
+
+    async with lifespan(app) as state:
+        try:
+            assert await request(app, state, "/") == 200
+            await manager.join(5)
+        finally:
+            release.set()
+    assert handles[0].state is TaskState.CANCELLED
