@@ -26,9 +26,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Annotated, Any
 
 import anyio
@@ -38,11 +39,6 @@ from fastapi.responses import StreamingResponse
 from fastapi_tasks import Task, TaskErrorHandler, TaskManager, Tasks, add_tasks, get_task_manager
 
 from .harness import SIZES, percentile
-
-if sys.version_info >= (3, 11):
-    from builtins import BaseExceptionGroup, ExceptionGroup
-else:  # pragma: no cover - Python 3.10
-    from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 
 SHUTDOWN_TIMEOUT = float(os.environ.get("RELIABILITY_SHUTDOWN_TIMEOUT", "0"))
 BLOCK_SECONDS = 60.0
@@ -156,7 +152,7 @@ def event(line: str) -> None:
 
 
 @asynccontextmanager
-async def tasks_lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def tasks_lifespan(app: FastAPI) -> AsyncGenerator[None, None]:
     global _entered
     _entered = anyio.Event()
     yield
@@ -379,12 +375,23 @@ class Fault:
     the first chunks of a streamed response)."""
 
 
+def exception_group(message: str, errors: list[BaseException]) -> BaseException:
+    """``BaseExceptionGroup(message, errors)``, an ``ExceptionGroup`` when every error is an
+    ``Exception``: built in from Python 3.11, anyio's ``exceptiongroup`` dependency on 3.10."""
+    module: Any = import_module("builtins" if sys.version_info >= (3, 11) else "exceptiongroup")
+    group: BaseException = module.BaseExceptionGroup(message, errors)
+    return group
+
+
 def schedule_failing(tasks: Tasks, exc: BaseException, *, sync: bool = False) -> None:
     if sync:
         tasks.schedule(fail_with_sync, exc)
     else:
         tasks.schedule(fail_with, exc)
 
+
+FAN_OUT = SIZES.fanout
+FAN_OUT_SYNC = 2000
 
 # name -> what the request schedules; the expected outcome is in FAULTS below.
 TASK_FAULTS: dict[str, Callable[[Tasks], object]] = {
@@ -395,7 +402,7 @@ TASK_FAULTS: dict[str, Callable[[Tasks], object]] = {
     ),
     "exception-sync": lambda tasks: schedule_failing(tasks, LookupError("sync"), sync=True),
     "exception-group": lambda tasks: schedule_failing(
-        tasks, ExceptionGroup("two", [ValueError(1), KeyError(2)])
+        tasks, exception_group("two", [ValueError(1), KeyError(2)])
     ),
     "stop-iteration": lambda tasks: tasks.schedule(stop_iteration),
     "memory-error": lambda tasks: schedule_failing(tasks, MemoryError()),
@@ -425,25 +432,20 @@ TASK_FAULTS: dict[str, Callable[[Tasks], object]] = {
     ),
     "handler-keyboard-interrupt": lambda tasks: tasks.task(
         on_error=handler_raising(KeyboardInterrupt())
-    ).schedule(fail_with, ValueError("c"))
-   ,
+    ).schedule(fail_with, ValueError("c")),
     # BaseExceptions counted as cancelled on asyncio, fatal on trio, in 0.2.0 (M3).
     "generator-exit": lambda tasks: schedule_failing(tasks, GeneratorExit()),
     "custom-base-exception": lambda tasks: schedule_failing(tasks, CustomBase("custom")),
     "base-exception-group": lambda tasks: schedule_failing(
-        tasks, BaseExceptionGroup("base", [KeyboardInterrupt()])
+        tasks, exception_group("base", [KeyboardInterrupt()])
     ),
     "custom-base-exception-sync": lambda tasks: schedule_failing(
         tasks, CustomBase("custom"), sync=True
     ),
     "handler-custom-base-exception": lambda tasks: tasks.task(
         on_error=handler_raising(CustomBase("handler"))
-    ).schedule(fail_with, ValueError("d"))
-   ,
+    ).schedule(fail_with, ValueError("d")),
 }
-
-FAN_OUT = SIZES.fanout
-FAN_OUT_SYNC = 2000
 
 
 def _self_cancel(tasks: Tasks) -> None:

@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 load client, run in a process of its own: ``python -m tests.reliability.client``.
+"""A small HTTP/1.1 load client in a process of its own: ``python -m tests.reliability.client``.
 
 It keeps ``--connections`` keep-alive connections to 127.0.0.1 busy until ``--requests``
 requests were sent (cycling through ``--paths``) or ``--seconds`` passed, whichever comes
@@ -33,8 +33,8 @@ class Load:
     next_index: int = 0
     answered: int = 0
     errors: int = 0
-    statuses: Counter[int] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter[int])
+    latencies: list[float] = field(default_factory=list[float])
 
     def take(self) -> int | None:
         if self.next_index >= self.total:
@@ -71,10 +71,11 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
 
 
 async def connection(load: Load) -> None:
+    reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
     try:
         while (index := load.take()) is not None:
-            if writer is None:
+            if reader is None or writer is None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", load.port)
             path = load.paths[index % len(load.paths)]
             request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
@@ -84,7 +85,7 @@ async def connection(load: Load) -> None:
             load.answer(status, time.perf_counter() - began)
             if not keep_alive:
                 writer.close()
-                writer = None
+                reader = writer = None
     except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
         load.errors += 1
     finally:

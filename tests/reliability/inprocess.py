@@ -7,7 +7,7 @@ lifespan state. So these helpers keep working whatever the library hooks into.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,7 +18,9 @@ LIFESPAN_SECONDS = 30.0
 
 
 @asynccontextmanager
-async def lifespan(app: ASGIApp, seconds: float = LIFESPAN_SECONDS) -> AsyncIterator[dict[str, Any]]:
+async def lifespan(
+    app: ASGIApp, seconds: float = LIFESPAN_SECONDS
+) -> AsyncGenerator[dict[str, Any], None]:
     """Run the app's lifespan around the block; yield the lifespan state."""
     state: dict[str, Any] = {}
     to_app, app_receives = anyio.create_memory_object_stream[Message](2)
@@ -32,8 +34,11 @@ async def lifespan(app: ASGIApp, seconds: float = LIFESPAN_SECONDS) -> AsyncIter
     async def send(message: Message) -> None:
         await app_sends.send(message)
 
+    async def run() -> None:
+        await app(scope, receive, send)
+
     async with anyio.create_task_group() as group, to_app, app_receives, app_sends, from_app:
-        group.start_soon(app, scope, receive, send)
+        group.start_soon(run)
         await to_app.send({"type": "lifespan.startup"})
         with anyio.fail_after(seconds):
             message = await from_app.receive()

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +36,7 @@ TASKS_APP = "tests.reliability.app:tasks_app"
 
 
 def _environment(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith("RELIABILITY_")
-    }
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RELIABILITY_")}
     # Coverage of the subprocesses is not wanted: it slows the servers down and the
     # figures with them, and the in-process tests cover the library.
     env.pop("COVERAGE_PROCESS_START", None)
@@ -139,7 +137,7 @@ class Server:
 @contextmanager
 def serve(
     kind: str, app: str, log: Path, env: Mapping[str, str] | None = None
-) -> Iterator[Server]:
+) -> Generator[Server, None, None]:
     """Serve ``app`` with ``kind`` on a free port of 127.0.0.1 until the block ends."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -219,7 +217,7 @@ def load_client(
     paths: str = "/load,/load,/load,/load-sync",
     seconds: float = 240.0,
     progress: int = 0,
-) -> Iterator[ClientRun]:
+) -> Generator[ClientRun, None, None]:
     """Start the load client against ``port`` (a process of its own, like the server)."""
     process = subprocess.Popen(
         [

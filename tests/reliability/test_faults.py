@@ -18,7 +18,7 @@ import json
 import signal
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,7 @@ def trigger(server: Server, fault: Fault) -> FaultResult:
 
 def run_faults(
     server: Server, faults: dict[str, Fault]
-) -> Iterator[tuple[str, FaultResult | None]]:
+) -> Generator[tuple[str, FaultResult | None], None, None]:
     """Trigger each fault in turn; ``None`` for those left once the server died."""
     dead = False
     for name, fault in faults.items():
@@ -141,7 +141,8 @@ def fault_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 
 def check_outcome(fault: Fault, result: FaultResult | None, output: str) -> None:
-    assert result is not None and result.alive, f"the server stopped:\n{output[-3000:]}"
+    assert result is not None, f"the server had stopped before:\n{output[-3000:]}"
+    assert result.alive, f"the server stopped:\n{output[-3000:]}"
     assert result.joined, f"work still live after {JOIN_SECONDS}s: {result.after['stats']}"
     stats = result.after["stats"]
     assert stats["pending"] == stats["running"] == 0
@@ -161,7 +162,8 @@ def check_outcome(fault: Fault, result: FaultResult | None, output: str) -> None
 
 def check_stats_add_up(fault: Fault, result: FaultResult | None) -> None:
     """SPEC section 7's identity, over the fault: what it scheduled is what ended."""
-    assert result is not None and result.joined
+    assert result is not None
+    assert result.joined
     stats = result.after["stats"]
     assert stats["pending"] == stats["running"] == 0
     ended = sum(result.delta(state) for state in FINAL_STATES)
@@ -246,7 +248,9 @@ def test_work_that_never_ends_is_cut_at_shutdown(kind: str, tmp_path: Path) -> N
     """Work sleeping forever, an ``on_error`` handler that hangs, a task joining its own
     manager: shutdown cuts them (grace 0); shielded work still runs to its end."""
     events = tmp_path / "events"
-    with serve(kind, TASKS_APP, tmp_path / "server.log", {"RELIABILITY_EVENTS": str(events)}) as server:
+    with serve(
+        kind, TASKS_APP, tmp_path / "server.log", {"RELIABILITY_EVENTS": str(events)}
+    ) as server:
         status, _ = server.get("/fault/hang")
         stopped = server.stop(signal.SIGTERM)
     output = server.output()

@@ -46,7 +46,7 @@ class Lines(logging.Handler):
         except Exception:
             self.handleError(record)
 
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+    def handleError(self, record: logging.LogRecord) -> None:
         self.errors.append(record)
 
 
@@ -124,6 +124,7 @@ async def test_shielded_work_whose_error_handler_hangs_does_not_hold_shutdown() 
                 await handler_began.wait()
         ended.set()
 
+    in_time = False
     async with anyio.create_task_group() as group:
         group.start_soon(serve_app)
         with anyio.move_on_after(3):  # the task's timeout is 0.2 s

@@ -28,7 +28,11 @@ APPS = {"fastapi-tasks": TASKS_APP, "BackgroundTasks": BACKGROUND_APP}
 def check_accounting(app: str, report: dict[str, Any], requests: int) -> None:
     assert report["requests"] == requests
     assert report["scheduled"] == 3 * requests
-    assert report["runs"] == {"immediate": requests, "after_route": requests, "after_response": requests}
+    assert report["runs"] == {
+        "immediate": requests,
+        "after_route": requests,
+        "after_response": requests,
+    }
     if app != "fastapi-tasks":
         return
     stats = report["stats"]
@@ -56,7 +60,9 @@ def test_load_every_task_accounted_for(kind: str, tmp_path: Path) -> None:
                     server.port, requests=requests, connections=SIZES.load_connections
                 ) as client:
                     load = client.result()
-                status, report = server.get(f"/stats?join={JOIN_SECONDS}", timeout=JOIN_SECONDS + 10)
+                status, report = server.get(
+                    f"/stats?join={JOIN_SECONDS}", timeout=JOIN_SECONDS + 10
+                )
             assert server.exit is not None
             output = server.output()
 
@@ -67,7 +73,7 @@ def test_load_every_task_accounted_for(kind: str, tmp_path: Path) -> None:
             assert server.exit.returncode in (0, -15), output
             assert forbidden_lines(output, tracebacks=True) == []
 
-            stats = report["stats"] or {}
+            stats: dict[str, int] = report["stats"] or {}
             record(
                 "load",
                 server=kind,

@@ -127,7 +127,7 @@ class Work:
     index: int
     op: Schedule
     calls: int = 0
-    handle: Task[None] | None = None
+    handle: Task[Any] | None = None
     cancelled: bool = False
     maybe_cancelled: bool = False
     """Cancelled from a worker thread while the loop runs on: immediate work may have
@@ -258,11 +258,11 @@ async def run_program(program: Program, backend: str, *, check_stats: bool) -> N
     for number, spec in enumerate(program.requests):
         for work in works[number]:
             assert work.handle is not None
-            state = work.handle.state
-            if work.maybe_cancelled and state is TaskState.CANCELLED:
+            final = work.handle.state
+            if work.maybe_cancelled and final is TaskState.CANCELLED:
                 assert work.calls <= work.expected_calls(spec.fate), work
                 continue
-            assert state is work.expected(spec.fate), work
+            assert final is work.expected(spec.fate), work
             assert work.calls == work.expected_calls(spec.fate), work
         if backend == "trio" and not TRIO_KEEPS_START_ORDER:
             continue

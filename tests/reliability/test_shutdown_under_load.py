@@ -36,12 +36,12 @@ EXIT_BOUND = GRACE + WORK_LONGEST + SERVER_DRAIN
 
 @dataclass
 class Events:
-    scheduled: dict[int, bool] = field(default_factory=dict)
-    began: set[int] = field(default_factory=set)
-    ended: list[int] = field(default_factory=list)
-    ended_after_signal: list[int] = field(default_factory=list)
-    cancelled: list[int] = field(default_factory=list)
-    cancelled_before_signal: list[int] = field(default_factory=list)
+    scheduled: dict[int, bool] = field(default_factory=dict[int, bool])
+    began: set[int] = field(default_factory=set[int])
+    ended: list[int] = field(default_factory=list[int])
+    ended_after_signal: list[int] = field(default_factory=list[int])
+    cancelled: list[int] = field(default_factory=list[int])
+    cancelled_before_signal: list[int] = field(default_factory=list[int])
     stats: dict[str, int] | None = None
 
 
@@ -76,19 +76,21 @@ def test_sigterm_under_load(kind: str, run: int, tmp_path: Path) -> None:
     path = tmp_path / "events"
     env = {"RELIABILITY_EVENTS": str(path), "RELIABILITY_SHUTDOWN_TIMEOUT": str(GRACE)}
     signal_after = 300 + 150 * run  # answered requests: a different moment each run
-    with serve(kind, TASKS_APP, tmp_path / "server.log", env) as server:
-        with load_client(
+    with (
+        serve(kind, TASKS_APP, tmp_path / "server.log", env) as server,
+        load_client(
             server.port,
             requests=100 * signal_after,  # far more than it gets through before SIGTERM
             connections=SIZES.sigterm_connections,
             paths="/work",
             progress=50,
-        ) as client:
-            client.wait_progress(signal_after, seconds=120)
-            with path.open("a", encoding="ascii") as file:
-                file.write("SIGTERM\n")
-            stopped = server.stop(signal.SIGTERM, deadline=EXIT_BOUND + 15)
-            load = client.result()
+        ) as client,
+    ):
+        client.wait_progress(signal_after, seconds=120)
+        with path.open("a", encoding="ascii") as file:
+            file.write("SIGTERM\n")
+        stopped = server.stop(signal.SIGTERM, deadline=EXIT_BOUND + 15)
+        load = client.result()
     output = server.output()
     events = read_events(path)
 
@@ -98,7 +100,8 @@ def test_sigterm_under_load(kind: str, run: int, tmp_path: Path) -> None:
     assert load["answered"] >= signal_after
 
     ended, cancelled = set(events.ended), set(events.cancelled)
-    assert len(ended) == len(events.ended) and len(cancelled) == len(events.cancelled)
+    assert len(ended) == len(events.ended)
+    assert len(cancelled) == len(events.cancelled)
     assert events.began <= set(events.scheduled)
     assert ended | cancelled == events.began, "every task that began ended exactly once"
     assert not ended & cancelled
@@ -147,4 +150,3 @@ def test_sigterm_under_load(kind: str, run: int, tmp_path: Path) -> None:
         bound=EXIT_BOUND,
         lost=len(events.scheduled) - len(ended) - stats["cancelled"] - stats["discarded"],
     )
-
