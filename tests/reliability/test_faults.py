@@ -123,6 +123,7 @@ def run_faults(
 
 @dataclass
 class FaultRun:
+    kind: str
     results: dict[str, FaultResult | None]
     exit: Exit
     output: str
@@ -137,7 +138,7 @@ def fault_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         if server.alive():
             server.get("/fault/release")  # the thread blocked past its timeout returns
         stopped = server.stop(signal.SIGTERM)
-    return FaultRun(results, stopped, server.output())
+    return FaultRun(kind, results, stopped, server.output())
 
 
 def check_outcome(fault: Fault, result: FaultResult | None, output: str) -> None:
@@ -207,7 +208,13 @@ def test_faults_then_clean_shutdown(fault_run: FaultRun) -> None:
     assert forbidden_lines(output, tracebacks=False) == []
     assert stopped_line(output) is not None
     survived = sum(result is not None and result.alive for result in fault_run.results.values())
-    record("faults", faults=len(FAULTS), survived=survived, exit_seconds=fault_run.exit.seconds)
+    record(
+        "faults",
+        server=fault_run.kind,
+        faults=len(FAULTS),
+        survived=survived,
+        exit_seconds=fault_run.exit.seconds,
+    )
 
 
 # -- BaseExceptions: a fresh server per group ----------------------------------------------
@@ -271,6 +278,8 @@ def test_work_that_never_ends_is_cut_at_shutdown(kind: str, tmp_path: Path) -> N
 
 
 M2 = pytest.mark.xfail(reason="M2: fixed by the core rewrite", strict=True)
+ABANDONED_EXIT_SECONDS = 3.0
+"""Nothing runs but the blocked thread: the exit is quick, or never (it blocks 60 s)."""
 
 
 @pytest.mark.parametrize(
@@ -293,6 +302,6 @@ def test_abandoned_thread_does_not_hold_exit(kind: str, sig: int, tmp_path: Path
         status, report = server.get(f"/stats?join={JOIN_SECONDS}")
         assert status == 200
         assert report["stats"]["failed"] == 1  # the timeout
-        stopped = server.stop(sig, deadline=EXIT_SECONDS)
+        stopped = server.stop(sig, deadline=ABANDONED_EXIT_SECONDS)
     assert stopped.returncode is not None, "the process did not exit"
-    assert stopped.seconds <= EXIT_SECONDS
+    assert stopped.seconds <= ABANDONED_EXIT_SECONDS
