@@ -224,13 +224,13 @@ async def work(tasks: Tasks) -> dict[str, int]:
     for index, scheduler in enumerate((tasks, tasks.after_route, tasks.after_response)):
         key = 3 * number + index
         shielded = key % 4 == 0
-        seconds = 0.1 + (key * 7 % 10) / 10  # 0.1 to 1.0 s
+        seconds = 0.1 + (key * 7 % 20) / 10  # 0.1 to 2.0 s: longer than the grace period
         event(f"S {key} {int(shielded)}")
         (scheduler.task(shield=True) if shielded else scheduler).schedule(timed_work, key, seconds)
     return {"n": number}
 
 
-WORK_LONGEST = 1.0
+WORK_LONGEST = 2.0
 """The longest ``GET /work`` task, in seconds."""
 
 

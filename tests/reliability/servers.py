@@ -57,8 +57,10 @@ def _command(kind: str, app: str, fd: int) -> list[str]:
             "trio",
             "--bind",
             f"fd://{fd}",
+            # Seconds it lets connections finish after SIGTERM (default 3) before the
+            # lifespan ends; shorter, so that shutdown finds work of ours still running.
             "--graceful-timeout",
-            "3",
+            "1",
             app,
         ]
     raise ValueError(f"unknown server {kind!r}")

@@ -1,7 +1,7 @@
 """SIGTERM in the middle of load, on real servers.
 
 The load client keeps ``GET /work`` busy: three tasks a request, one per mode, lasting
-0.1 to 1 s, a quarter of them shielded, with ``shutdown_timeout=1``. Each task writes
+0.1 to 2 s, a quarter of them shielded, with ``shutdown_timeout=1``. Each task writes
 to an events file when it is scheduled (``S``), begins (``B``), ends (``E``) or is
 cancelled (``C``); the test marks the moment it sends SIGTERM, and the app's own
 shutdown code appends the manager's final counters. Then: every task that began ended
