@@ -355,10 +355,6 @@ class Outcome:
     discarded: int = 0
     handled: int = 0
 
-    @property
-    def tasks(self) -> int:
-        return self.succeeded + self.failed + self.cancelled + self.discarded
-
 
 @dataclass(frozen=True)
 class Fault:
@@ -624,18 +620,18 @@ BASE_EXCEPTION_FAULTS: dict[str, dict[str, Fault]] = {
 # -- work that holds shutdown -------------------------------------------------------------
 
 
+HANG_TASKS = 4
+HANG_SHIELDED_SECONDS = 0.3
+
+
 @tasks_app.get("/fault/hang")
 async def hang(tasks: Tasks) -> dict[str, bool]:
     """Work that never ends by itself, and shielded work that does."""
     tasks.schedule(sleep_forever)
     tasks.task(on_error=handler_hangs).schedule(fail_with, ValueError("then hang"))
     tasks.schedule(join_self_forever)
-    tasks.task(shield=True).schedule(timed_work, 0, 0.3)
+    tasks.task(shield=True).schedule(timed_work, 0, HANG_SHIELDED_SECONDS)
     return {"ok": True}
-
-
-HANG_TASKS = 4
-HANG_SHIELDED_SECONDS = 0.3
 
 
 @tasks_app.get("/fault/abandon-thread")

@@ -278,7 +278,8 @@ def test_work_that_never_ends_is_cut_at_shutdown(kind: str, tmp_path: Path) -> N
     assert sum(stats[state] for state in FINAL_STATES) == HANG_TASKS
     line = stopped_line(output)
     assert line is not None
-    assert sum(line.values()) >= HANG_TASKS - 1  # all but the task joining itself, at least
+    # The sleeper and the hanging handler are always live at shutdown: cut there, and counted.
+    assert line["cancelled"] + line["failed"] >= 2
 
 
 M2 = pytest.mark.xfail(reason="M2: fixed by the core rewrite", strict=True)
