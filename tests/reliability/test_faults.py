@@ -171,26 +171,7 @@ def check_stats_add_up(fault: Fault, result: FaultResult | None) -> None:
     assert result.delta("scheduled") == ended == fault.tasks
 
 
-# 0.2.0 counts only work that was handed over in `scheduled` (M4): a fault that discards
-# work, or cancels it before its moment, leaves the counters short of the identity.
-M4 = pytest.mark.xfail(reason="M4: fixed by the core rewrite", strict=True)
-_M4_FAULTS = {
-    "cancel-pending",
-    "endpoint-raises",
-    "endpoint-http-exception",
-    "endpoint-raises-sync",
-    "disconnect-stream",
-}
-# A function-scoped teardown that raises does not fail the request on 0.2.0 (R3 of the
-# core review): its after-route and after-response work runs after a 500.
-R3 = pytest.mark.xfail(reason="R3 (core review): fixed by the core rewrite", strict=True)
-
-
-def _fault_params(marked: set[str], mark: pytest.MarkDecorator) -> list[Any]:
-    return [pytest.param(name, marks=mark) if name in marked else name for name in FAULTS]
-
-
-@pytest.mark.parametrize("name", _fault_params({"teardown-raises"}, R3))
+@pytest.mark.parametrize("name", list(FAULTS))
 def test_fault_is_survived_and_accounted_for(fault_run: FaultRun, name: str) -> None:
     result = fault_run.results[name]
     if result is not None and FAULTS[name].outcome is None:  # the server decides the split
@@ -199,7 +180,7 @@ def test_fault_is_survived_and_accounted_for(fault_run: FaultRun, name: str) -> 
     check_outcome(FAULTS[name], result, fault_run.output)
 
 
-@pytest.mark.parametrize("name", _fault_params(_M4_FAULTS, M4))
+@pytest.mark.parametrize("name", list(FAULTS))
 def test_fault_stats_add_up(fault_run: FaultRun, name: str) -> None:
     check_stats_add_up(FAULTS[name], fault_run.results[name])
 
@@ -223,17 +204,9 @@ def test_faults_then_clean_shutdown(fault_run: FaultRun) -> None:
 
 # -- BaseExceptions: a fresh server per group ----------------------------------------------
 
-H1 = pytest.mark.xfail(reason="H1: fixed by the core rewrite", strict=True)
-M3 = pytest.mark.xfail(reason="M3: fixed by the core rewrite", strict=True)
-
 
 @pytest.mark.parametrize(
-    ("kind", "group"),
-    [
-        pytest.param(kind, group, marks=H1 if group == "exit" else M3)
-        for kind in SERVERS
-        for group in BASE_EXCEPTION_FAULTS
-    ],
+    ("kind", "group"), [(kind, group) for kind in SERVERS for group in BASE_EXCEPTION_FAULTS]
 )
 def test_base_exceptions_from_work_are_failures(kind: str, group: str, tmp_path: Path) -> None:
     """SystemExit, KeyboardInterrupt, GeneratorExit, custom BaseExceptions and groups of
@@ -282,7 +255,6 @@ def test_work_that_never_ends_is_cut_at_shutdown(kind: str, tmp_path: Path) -> N
     assert line["cancelled"] + line["failed"] >= 2
 
 
-M2 = pytest.mark.xfail(reason="M2: fixed by the core rewrite", strict=True)
 ABANDONED_EXIT_SECONDS = 3.0
 """Nothing runs but the blocked thread: the exit is quick, or never (it blocks 60 s)."""
 
@@ -293,8 +265,8 @@ ABANDONED_EXIT_SECONDS = 3.0
         # uvicorn re-raises SIGTERM with its default action once it is done: the process
         # ends without joining threads, which hides the bug.
         pytest.param("uvicorn", signal.SIGTERM),
-        pytest.param("uvicorn", signal.SIGINT, marks=M2),
-        pytest.param("hypercorn-trio", signal.SIGTERM, marks=M2),
+        pytest.param("uvicorn", signal.SIGINT),
+        pytest.param("hypercorn-trio", signal.SIGTERM),
     ],
 )
 def test_abandoned_thread_does_not_hold_exit(kind: str, sig: int, tmp_path: Path) -> None:

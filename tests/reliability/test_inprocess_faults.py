@@ -66,7 +66,6 @@ def lines() -> Iterator[Lines]:
         logger.setLevel(level)
 
 
-@pytest.mark.xfail(reason="L4: fixed by the core rewrite", strict=True)
 async def test_retry_line_of_an_exception_whose_repr_raises(lines: Lines) -> None:
     app = FastAPI()
     manager = add_tasks(app)
@@ -80,14 +79,11 @@ async def test_retry_line_of_an_exception_whose_repr_raises(lines: Lines) -> Non
     assert logging.ERROR in [level for level, _ in lines.lines]  # the final failure
 
 
-L2 = pytest.mark.xfail(reason="L2: fixed by the core rewrite", strict=True)
-
-
 @pytest.mark.parametrize(
     "options",
     [
-        pytest.param({"retry_delay": math.inf}, marks=L2),
-        pytest.param({"retry_backoff": math.inf}, marks=L2),
+        pytest.param({"retry_delay": math.inf}),
+        pytest.param({"retry_backoff": math.inf}),
         {"retry_delay": math.nan},
         {"retry_backoff": math.nan},
     ],
@@ -99,7 +95,6 @@ def test_non_finite_retry_settings_are_refused(options: dict[str, Any]) -> None:
         TaskConfig(retries=1, **options)
 
 
-@pytest.mark.xfail(reason="L1: fixed by the core rewrite", strict=True)
 async def test_shielded_work_whose_error_handler_hangs_does_not_hold_shutdown() -> None:
     """SPEC section 6: shielding protects the work, not its ``on_error`` handler, which
     runs under the task's timeout and is cancelled after the grace period."""
@@ -139,9 +134,7 @@ async def test_shielded_work_whose_error_handler_hangs_does_not_hold_shutdown() 
     "anyio_backend",
     [
         "asyncio",
-        pytest.param(
-            "trio", marks=pytest.mark.xfail(reason="M1: fixed by the core rewrite", strict=True)
-        ),
+        "trio",
     ],
 )
 async def test_running_work_cancelled_from_a_worker_thread(anyio_backend: str) -> None:

@@ -14,7 +14,7 @@ before the last byte. The app may cap concurrency. Invariants (SPEC sections 2 a
 - within a request, async work starts in the order it was handed over: immediate work
   in scheduling order, then after-route, then after-response;
 - ``join()`` returns and the lifespan shuts down, each within a bound;
-- the counters add up at every step (a separate test: 0.2.0 fails it, M4).
+- the counters add up at every step (a separate test).
 """
 
 from __future__ import annotations
@@ -305,7 +305,6 @@ async def test_programs_run_by_the_rules(anyio_backend: str, program: Program) -
     await run_program(program, anyio_backend, check_stats=False)
 
 
-@pytest.mark.xfail(reason="M4: fixed by the core rewrite", strict=True)
 @PROPERTY_SETTINGS
 @given(program=programs(cancel_in_threads=False))
 @example(program=DEFERRED)

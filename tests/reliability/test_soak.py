@@ -22,7 +22,7 @@ from fastapi import FastAPI
 
 from fastapi_tasks import Task, TaskManager, Tasks, add_tasks
 
-from .harness import FULL, SIZES, record, rss_bytes
+from .harness import SIZES, record, rss_bytes
 from .inprocess import lifespan, request
 
 pytestmark = [pytest.mark.reliability, pytest.mark.anyio]
@@ -171,14 +171,7 @@ async def test_soak_tasks(anyio_backend: str, formatted_logs: FormatAndDrop) -> 
     "anyio_backend",
     [
         "asyncio",
-        # 0.2.0's start-order gate on trio (H2) grows RSS by ~20% over 200k requests; the
-        # short run is too small to show it.
-        pytest.param(
-            "trio",
-            marks=pytest.mark.xfail(
-                SIZES is FULL, reason="H2: fixed by the core rewrite", strict=True
-            ),
-        ),
+        "trio",
     ],
 )
 async def test_soak_requests(anyio_backend: str) -> None:

@@ -31,9 +31,7 @@ MOST_PASSES = 10
 @pytest.fixture(
     params=[
         "asyncio",
-        pytest.param(
-            "trio", marks=pytest.mark.xfail(reason="H2: fixed by the core rewrite", strict=True)
-        ),
+        "trio",
     ]
 )
 def anyio_backend(request: pytest.FixtureRequest) -> str:
