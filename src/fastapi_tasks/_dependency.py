@@ -205,18 +205,16 @@ class RequestTasks(Scheduler):
         """
         kind = message["type"]
         if kind == "http.response.start":
-            if self._stage == _OPEN:
-                if self._after_route is None and self._after_response is None:
-                    self._stage = _STARTED  # nothing waits: the common case, inline
-                else:
-                    self._response_starts(message)
+            if self._after_route is None and self._after_response is None:
+                self._stage = _STARTED  # nothing waits: the common case, inline
+            else:
+                self._response_starts(message)
         elif (kind == "http.response.body" and not message.get("more_body", False)) or (
             kind == "http.response.pathsend"
         ):
             if self._after_response:
                 return self._send_last(message)
-            if self._stage == _STARTED:
-                self._stage = _DONE
+            self._stage = _DONE
         return self._send(message)
 
     async def _send_last(self, message: Message) -> None:

@@ -295,7 +295,7 @@ class Engine:
         self.in_transit[work] = None
         try:
             runner.call_soon_threadsafe(self.arrive, work, target)
-        except RuntimeError:  # the loop ended since the check above
+        except RuntimeError:  # pragma: no cover - the loop closed since the check above
             self.in_transit.pop(work, None)
             raise self.refusal() from None
         return work

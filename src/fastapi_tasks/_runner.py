@@ -81,8 +81,8 @@ class AsyncioRunner:
         if threading.get_ident() == self._thread:
             try:
                 running = asyncio.get_running_loop()
-            except RuntimeError:  # the loop's thread, between runs of the loop
-                running = None
+            except RuntimeError:  # the loop's thread while the loop does not run:
+                return False  # hand the call over, it runs once the loop runs again
             if running is self._loop:
                 return True
             raise _refuse(self, repr(running))
@@ -179,24 +179,24 @@ class AnyioRunner:
         self._token.run_sync_soon(func, *args)
 
     def start(self, work: Work, coro: Coroutine[Any, Any, None], chain: Chain | None) -> None:
-        link = None if chain is None else chain.link()
+        assert chain is not None, "work on trio always comes with its batch's chain"
+        link = chain.link()
         context = work.context
         if context is None:
             self._group.start_soon(self._run, work, coro, link)
         else:
             context.run(self._group.start_soon, self._run, work, coro, link)
 
-    async def _run(self, work: Work, coro: Coroutine[Any, Any, None], link: _Link | None) -> None:
+    async def _run(self, work: Work, coro: Coroutine[Any, Any, None], link: _Link) -> None:
         with anyio.CancelScope(shield=work.config.shielded) as scope:
             work.cancel_target = scope
-            if link is not None:
-                try:
-                    await self._wait_turn(link)
-                except BaseException:
-                    link.finish(skipped=True)
-                    coro.close()
-                    raise
-                link.finish(skipped=False)
+            try:
+                await self._wait_turn(link)
+            except BaseException:
+                link.finish(skipped=True)
+                coro.close()
+                raise
+            link.finish(skipped=False)
             await coro
 
     async def _wait_turn(self, link: _Link) -> None:

@@ -67,7 +67,5 @@ async def run_lifespan(app: ASGIApp) -> AsyncGenerator[dict[str, Any], None]:
     except BaseException as exc:
         # The task group wraps what the block raised in an exception group: give the
         # caller its own exception back (an assertion, a pytest.raises target).
-        inner: tuple[BaseException, ...] = getattr(exc, "exceptions", ())
-        if len(inner) == 1:
-            raise inner[0] from None
-        raise
+        inner: tuple[BaseException, ...] = getattr(exc, "exceptions", (exc,))
+        raise (inner[0] if len(inner) == 1 else exc) from None
