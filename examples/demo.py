@@ -26,7 +26,7 @@ import uvicorn
 from checkout import Timeline, create_app
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fastapi_tasks import Task, TaskManager
+from fastapi_tasks import Task, TaskManager, configure_logging
 
 __all__ = ["DemoResult", "main", "render", "run_demo"]
 
@@ -187,6 +187,7 @@ def render(result: DemoResult) -> str:
 
 
 def main() -> None:
+    configure_logging()  # the library's lines (the shutdown summary) like uvicorn's
     print(render(asyncio.run(run_demo())))
 
 

@@ -221,3 +221,114 @@ async def test_scheduling_from_a_trio_run_in_another_thread_is_refused(
     assert len(errors) == 1
     assert "trio run in thread" in str(errors[0])
     assert manager.stats.scheduled == 0
+
+
+async def test_work_scheduled_once_the_endpoint_failed_is_discarded(
+    app: FastAPI, manager: TaskManager, recorder: Recorder
+) -> None:
+    """The request already counts as failed when a teardown schedules more."""
+
+    async def cleanup(tasks: Tasks) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            tasks.after_response.schedule(recorder.record, "late")
+            tasks.after_response.task(run_on_failure=True).schedule(recorder.record, "late kept")
+
+    @app.get("/")
+    async def endpoint(tasks: Tasks, _: None = Depends(cleanup)) -> None:
+        tasks.after_response.schedule(recorder.record, "early")
+        raise HTTPException(404, "gone")
+
+    async with serving(app) as client:
+        assert (await client.get("/")).status_code == 404
+        await manager.join(WAIT)
+    assert recorder.events == ["late kept"]
+    assert manager.stats.discarded == 2
+
+
+async def test_work_scheduled_after_the_request_ended(
+    app: FastAPI, manager: TaskManager, recorder: Recorder
+) -> None:
+    """Work of a request that ended with a broken stream, scheduled later by its own task."""
+    ended = anyio.Event()
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        yield b"partial"
+        raise RuntimeError("stream broke")
+
+    async def schedule_later(tasks: Tasks) -> None:
+        await ended.wait()
+        tasks.after_response.schedule(recorder.record, "dropped")
+        tasks.after_response.task(run_on_failure=True).schedule(recorder.record, "kept")
+
+    @app.get("/")
+    async def endpoint(tasks: Tasks) -> StreamingResponse:
+        tasks.schedule(schedule_later, tasks)
+        return StreamingResponse(body())
+
+    async with serving(app) as client:
+        with pytest.raises(RuntimeError, match="stream broke"):
+            await client.get("/")
+        ended.set()
+        await manager.join(WAIT)
+    assert recorder.events == ["kept"]
+    assert manager.stats.discarded == 1
+
+
+async def test_an_error_handler_due_after_the_grace_period_is_not_run(
+    app: FastAPI, manager: TaskManager, task_logs: pytest.LogCaptureFixture
+) -> None:
+    handled: list[BaseException] = []
+
+    async def handler(task: Task[Any], exc: BaseException) -> None:
+        handled.append(exc)
+
+    async def fails_during_shutdown(other: Task[None]) -> None:
+        await other.wait()  # `other` is cancelled when the grace period ends
+        raise ValueError("too late")
+
+    async with serving(app):
+        other = manager.schedule(anyio.sleep_forever)
+        failing = manager.task(shield=True, on_error=handler).schedule(fails_during_shutdown, other)
+    assert failing.state is TaskState.FAILED
+    assert handled == []
+    assert any("grace period is over" in r.getMessage() for r in task_logs.records)
+
+
+async def test_a_call_still_queued_for_a_thread_never_runs_once_cancelled(
+    recorder: Recorder,
+) -> None:
+    app = FastAPI()
+    manager = add_tasks(app, max_threads=1)
+    release = threading.Event()
+
+    def blocker() -> None:
+        release.wait(WAIT)
+
+    async with serving(app):
+        busy = manager.schedule(blocker)
+        await busy.started.wait()
+        queued = manager.schedule(recorder.record_sync, "never")
+        await queued.started.wait()  # started: waiting for the one thread
+        assert queued.cancel() is True
+        await queued.wait()
+        release.set()
+        await manager.join(WAIT)
+    assert recorder.events == []
+    assert queued.state is TaskState.CANCELLED
+    assert busy.state is TaskState.SUCCEEDED
+
+
+async def test_a_manager_run_without_its_app(app: FastAPI, manager: TaskManager) -> None:
+    """A CLI or script can run the manager for a block of its own."""
+    async with manager.lifespan():
+        task = manager.schedule(anyio.lowlevel.checkpoint)
+        await manager.join(WAIT)
+    assert task.state is TaskState.SUCCEEDED
+    assert not manager.running
+
+
+def test_handlers_without_a_signature_are_taken_as_they_are() -> None:
+    config = TaskConfig(on_error=min)  # type: ignore[arg-type]
+    assert config.on_error is min

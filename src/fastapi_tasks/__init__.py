@@ -13,6 +13,7 @@ from ._events import TaskEvent as TaskEvent
 from ._events import current_task as current_task
 from ._lifespan import add_tasks as add_tasks
 from ._lifespan import get_task_manager as get_task_manager
+from ._logging import configure_logging as configure_logging
 from ._manager import Scheduler as Scheduler
 from ._manager import TaskManager as TaskManager
 from ._manager import TaskStats as TaskStats
@@ -46,6 +47,7 @@ __all__ = [
     "TaskStats",
     "Tasks",
     "add_tasks",
+    "configure_logging",
     "current_task",
     "get_task_manager",
 ]

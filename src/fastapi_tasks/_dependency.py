@@ -165,27 +165,21 @@ class RequestTasks(Scheduler):
     def _pass_route(self) -> None:
         """The response starts (or the handler ended without one): hand after-route work over."""
         self._stage = _STARTED
-        waiting = self._after_route
-        if waiting:
-            self._after_route = None
-            for work in waiting:
-                self._engine.hand_over(work, self._target)
+        waiting, self._after_route = self._after_route, None
+        for work in waiting or ():
+            self._engine.hand_over(work, self._target)
 
     def _complete(self) -> None:
         self._stage = _DONE
-        waiting = self._after_response
-        if waiting:
-            self._after_response = None
-            for work in waiting:
-                self._engine.hand_over(work, self._target)
+        waiting, self._after_response = self._after_response, None
+        for work in waiting or ():
+            self._engine.hand_over(work, self._target)
 
     def _break(self) -> None:
         self._stage = _BROKEN
-        waiting = self._after_response
-        if waiting:
-            self._after_response = None
-            for work in waiting:
-                self._settle_broken(work)
+        waiting, self._after_response = self._after_response, None
+        for work in waiting or ():
+            self._settle_broken(work)
 
     # -- the app's receive and send ---------------------------------------------
 

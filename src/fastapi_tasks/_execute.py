@@ -146,12 +146,17 @@ async def _report_failure(work: Work, exc: BaseException, host: Host) -> None:
     if handler is None:
         return
     timeout = work.config.timeout
+    if host.handlers_cancelled:
+        logger.warning(
+            "on_error handler of task %s (id %s) was not run: shutdown's grace period is over",
+            work.name,
+            work.id,
+        )
+        return
     # Shielding protects the work, not its handler: it runs under the task's timeout,
     # and shutdown cancels it after the grace period like unshielded work.
     with anyio.CancelScope() as scope:
         work.handler_scope = scope
-        if host.handlers_cancelled:
-            scope.cancel()
         try:
             with anyio.fail_after(timeout):
                 if is_async_callable(handler):

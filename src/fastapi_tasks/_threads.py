@@ -18,7 +18,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import anyio
 
@@ -76,8 +76,8 @@ class WorkerThreads:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not None:
-                item[0].cancel()
+            future, _, _ = cast("_Item", item)  # the None that stops a thread comes later
+            future.cancel()
         with self._lock:
             for _ in range(self._count):
                 self._queue.put(None)
