@@ -330,5 +330,5 @@ async def test_a_manager_run_without_its_app(app: FastAPI, manager: TaskManager)
 
 
 def test_handlers_without_a_signature_are_taken_as_they_are() -> None:
-    config = TaskConfig(on_error=min)  # type: ignore[arg-type]
+    config = TaskConfig(on_error=min)
     assert config.on_error is min

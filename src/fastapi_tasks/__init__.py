@@ -6,8 +6,6 @@ endpoint returned (handed over just before the response starts), and
 """
 
 from ._config import TaskConfig as TaskConfig
-from ._config import TaskErrorHandler as TaskErrorHandler
-from ._config import TaskOptions as TaskOptions
 from ._dependency import Tasks as Tasks
 from ._events import TaskEvent as TaskEvent
 from ._events import current_task as current_task
@@ -18,7 +16,9 @@ from ._manager import Scheduler as Scheduler
 from ._manager import TaskManager as TaskManager
 from ._manager import TaskStats as TaskStats
 from ._task import Task as Task
+from ._task import TaskErrorHandler as TaskErrorHandler
 from ._task import TaskMode as TaskMode
+from ._task import TaskOptions as TaskOptions
 from ._task import TaskState as TaskState
 from ._version import __version__ as __version__
 from .errors import FastAPITasksAlreadyInstalledError as FastAPITasksAlreadyInstalledError

@@ -6,21 +6,19 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import Any, cast
 
 import anyio
 
-if TYPE_CHECKING:
-    from ._task import Task
-
-__all__ = ["MAX_RETRY_DELAY", "OPTION_NAMES", "TaskConfig", "TaskErrorHandler", "TaskOptions"]
+__all__ = ["MAX_RETRY_DELAY", "OPTION_NAMES", "ErrorHandler", "TaskConfig"]
 
 MAX_RETRY_DELAY = 3600.0
 """Longest wait between two attempts, in seconds, whatever ``retry_delay`` and
 ``retry_backoff`` multiply up to (a large backoff would otherwise overflow)."""
 
-TaskErrorHandler = Callable[["Task[Any]", BaseException], "Awaitable[None] | None"]
-"""Type of ``on_error`` handlers: ``(task, exc) -> None``, sync or async."""
+ErrorHandler = Callable[[Any, BaseException], "Awaitable[None] | None"]
+"""What ``on_error`` holds here; ``TaskErrorHandler`` (with the task's type) is in ``_task``,
+which needs this module, not the other way round."""
 
 
 class _Unset:
@@ -31,21 +29,6 @@ class _Unset:
 
 
 _UNSET: Any = _Unset()
-
-
-class TaskOptions(TypedDict, total=False):
-    """Keyword options accepted by ``task(...)``; see [`TaskConfig`][fastapi_tasks.TaskConfig]."""
-
-    name: str | None
-    shield: bool | None
-    on_error: TaskErrorHandler | None
-    timeout: float | None
-    retries: int | None
-    retry_delay: float | None
-    retry_backoff: float | None
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None
-    limiter: anyio.CapacityLimiter | None
-    run_on_failure: bool | None
 
 
 def check_number(
@@ -97,7 +80,7 @@ class TaskConfig:
 
     name: str | None = _UNSET
     shield: bool | None = _UNSET
-    on_error: TaskErrorHandler | None = _UNSET
+    on_error: ErrorHandler | None = _UNSET
     timeout: float | None = _UNSET
     retries: int | None = _UNSET
     retry_delay: float | None = _UNSET

@@ -23,7 +23,7 @@ import anyio
 from typing_extensions import ParamSpec, Unpack
 
 from ._call import check_call
-from ._config import TaskConfig, TaskOptions, check_int, check_number
+from ._config import TaskConfig, check_int, check_number
 from ._events import (
     Listener,
     Listeners,
@@ -36,7 +36,7 @@ from ._events import (
 )
 from ._execute import execute
 from ._runner import Chain, Runner, open_runner
-from ._task import PENDING, RUNNING, Event, Task, TaskMode, TaskState, Work
+from ._task import PENDING, RUNNING, Event, Task, TaskMode, TaskOptions, TaskState, Work
 from ._threads import ThreadJob, WorkerThreads
 from .errors import FastAPITasksClosedError, FastAPITasksError, FastAPITasksNotStartedError
 

@@ -14,15 +14,27 @@ import abc
 import enum
 import functools
 import itertools
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypedDict, TypeVar
+
+import anyio
+
+from ._config import TaskConfig
 
 if TYPE_CHECKING:
     import contextvars
 
-    from ._config import TaskConfig
 
-__all__ = ["Event", "Owner", "Task", "TaskMode", "TaskState", "Work"]
+__all__ = [
+    "Event",
+    "Owner",
+    "Task",
+    "TaskErrorHandler",
+    "TaskMode",
+    "TaskOptions",
+    "TaskState",
+    "Work",
+]
 
 R = TypeVar("R")
 
@@ -153,6 +165,25 @@ class Task(abc.ABC, Generic[R]):
     @abc.abstractmethod
     async def __call__(self) -> R:
         """Run the function once more, now, in the caller's task, and return its result."""
+
+
+TaskErrorHandler = Callable[[Task[Any], BaseException], "Awaitable[None] | None"]
+"""Type of ``on_error`` handlers: ``(task, exc) -> None``, sync or async."""
+
+
+class TaskOptions(TypedDict, total=False):
+    """Keyword options accepted by ``task(...)``; see [`TaskConfig`][fastapi_tasks.TaskConfig]."""
+
+    name: str | None
+    shield: bool | None
+    on_error: TaskErrorHandler | None
+    timeout: float | None
+    retries: int | None
+    retry_delay: float | None
+    retry_backoff: float | None
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None
+    limiter: anyio.CapacityLimiter | None
+    run_on_failure: bool | None
 
 
 class Work(Task[Any]):
