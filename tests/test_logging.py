@@ -23,6 +23,8 @@ async def test_configure_logging_prints_levels_tracebacks_and_the_summary(
 ) -> None:
     logger = logging.getLogger("fastapi_tasks")
     level = logger.level
+    yours = logging.NullHandler()  # a handler of the user's own stays where it is
+    logger.addHandler(yours)
     first = configure_logging()
     handler = configure_logging("INFO")  # again: replaces, never doubles
     try:
@@ -31,8 +33,10 @@ async def test_configure_logging_prints_levels_tracebacks_and_the_summary(
         async with serving(app):
             manager.task(name="mailer").schedule(send_mail)
             await manager.join(5)
+        assert yours in logger.handlers
     finally:
         logger.removeHandler(handler)
+        logger.removeHandler(yours)
         logger.setLevel(level)
     err = capfd.readouterr().err
     assert "ERROR:    task mailer (id " in err
