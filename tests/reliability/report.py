@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,48 +23,59 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
+LOAD_HEADERS = [
+    "server",
+    "round",
+    "requests per app",
+    "req/s",
+    "latency p50",
+    "latency p99",
+    "start delay p50",
+    "start delay p99",
+    "tasks",
+    "recorded runs",
+    "lost",
+]
+APPS = ("fastapi-tasks", "BackgroundTasks")
+
+
+def load_rows(load: list[dict[str, Any]]) -> list[list[object]]:
+    """One row per server and round, the two apps side by side in each cell."""
+    rounds: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for entry in load:
+        rounds.setdefault((entry["server"], entry["round"]), {})[entry["app"]] = entry
+
+    def pair(apps: dict[str, dict[str, Any]], show: Callable[[dict[str, Any]], str]) -> str:
+        return " / ".join(show(apps[app]) if app in apps else "none" for app in APPS)
+
+    rows: list[list[object]] = []
+    for (server, round_number), apps in rounds.items():
+        rows.append(
+            [
+                server,
+                round_number,
+                max(entry["requests"] for entry in apps.values()),
+                pair(apps, lambda e: f"{e['rps']:.0f}"),
+                pair(apps, lambda e: ms(e["p50"])),
+                pair(apps, lambda e: ms(e["p99"])),
+                pair(apps, lambda e: ms(e["start_delay_p50"])),
+                pair(apps, lambda e: ms(e["start_delay_p99"])),
+                pair(apps, lambda e: str(e["scheduled"])),
+                pair(apps, lambda e: str(e["recorded"])),
+                pair(apps, lambda e: str(e["lost"])),
+            ]
+        )
+    return rows
+
+
 def render(entries: list[dict[str, Any]]) -> str:
     def of(test: str) -> list[dict[str, Any]]:
         return [entry for entry in entries if entry["test"] == test]
 
     parts: list[str] = []
     if load := of("load"):
-        parts.append("### Load\n")
-        parts.append(
-            table(
-                [
-                    "server",
-                    "app",
-                    "round",
-                    "requests",
-                    "req/s",
-                    "p50",
-                    "p99",
-                    "start delay p50",
-                    "start delay p99",
-                    "tasks",
-                    "recorded runs",
-                    "lost",
-                ],
-                [
-                    [
-                        e["server"],
-                        e["app"],
-                        e["round"],
-                        e["requests"],
-                        f"{e['rps']:.0f}",
-                        ms(e["p50"]),
-                        ms(e["p99"]),
-                        ms(e["start_delay_p50"]),
-                        ms(e["start_delay_p99"]),
-                        e["scheduled"],
-                        e["recorded"],
-                        e["lost"],
-                    ]
-                    for e in load
-                ],
-            )
-        )
+        parts.append("### Load (each cell: fastapi-tasks / BackgroundTasks)\n")
+        parts.append(table(LOAD_HEADERS, load_rows(load)))
     if sigterm := of("sigterm"):
         parts.append("\n### SIGTERM under load\n")
         parts.append(

@@ -46,7 +46,8 @@ STATUS = {"return": 200, "raise": 500, "http-error": 409, "broken-send": 200}
 WAIT = 30.0
 
 TRIO_KEEPS_START_ORDER = True
-"""docs/timing.md promises the start order on trio too (each task takes a ticket)."""
+"""docs/timing.md promises the start order on trio too: per request, the work of one
+request forms a chain (requests never wait for each other)."""
 
 
 @dataclass(frozen=True)
