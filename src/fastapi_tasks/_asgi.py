@@ -17,6 +17,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from ._dependency import SCOPE_KEY, RequestTasks
 from ._manager import Engine, current_manager
+from ._request import RequestInfo, current_request
 
 __all__ = ["TasksMiddleware"]
 
@@ -48,6 +49,12 @@ class TasksMiddleware:
         scope[SCOPE_KEY] = tasks
         # Always: get_task_manager() must tell the apps apart however many run.
         token = current_manager.set(engine.manager)
+        request_token = None
+        if engine.listeners.items:
+            # Listeners learn which request scheduled each task and when its response
+            # started and ended (the monitor's timeline); nobody else pays for it.
+            info = tasks.info = RequestInfo(scope)
+            request_token = current_request.set(info)
         try:
             if kind == "http":
                 await self.app(scope, tasks.receive, tasks.send)
@@ -62,6 +69,8 @@ class TasksMiddleware:
         else:
             tasks.end(failed=False)
         finally:
+            if request_token is not None:
+                current_request.reset(request_token)
             current_manager.reset(token)
             # The scope and the scheduler refer to each other; breaking the cycle lets
             # reference counting free both now instead of leaving them to the cyclic

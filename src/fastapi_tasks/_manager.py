@@ -34,8 +34,9 @@ from ._events import (
     logger,
 )
 from ._execute import execute
+from ._request import current_request
 from ._runner import Chain, Runner, open_runner
-from ._task import PENDING, RUNNING, Event, Task, TaskMode, TaskState, Work
+from ._task import PENDING, RUNNING, Event, Task, TaskMode, TaskState, WaitReason, Work
 from ._threads import ThreadJob, WorkerThreads
 from .errors import FastAPITasksClosedError, FastAPITasksError, FastAPITasksNotStartedError
 
@@ -306,7 +307,13 @@ class Engine:
     def accept(self, work: Work, target: Any) -> None:
         self.unfinished[work] = None
         self.scheduled += 1
-        if self.listeners:
+        if self.listeners.items:
+            # The request it belongs to, from the scheduler's context (a thread's copy
+            # for work scheduled from a thread).
+            context = work.context
+            work.request = (
+                current_request.get() if context is None else context.get(current_request)
+            )
             self.listeners.publish("scheduled", work)
         if work.mode == "immediate":
             self.hand_over(work, target)
@@ -366,6 +373,18 @@ class Engine:
             if target is not None:  # handed to the runner, not started
                 target.cancel()
 
+    def waiting_reason(self, work: Work) -> WaitReason | None:
+        """What unfinished work waits for, if anything (``Task.waiting_for``)."""
+        if work.state is PENDING:
+            if work in self.waiting:
+                return "max_concurrency"
+            if work in self.live:
+                return "event_loop"
+            return "request"
+        if work.state is RUNNING:
+            return work.blocked
+        return None
+
     # -- what the executor needs ------------------------------------------------
 
     def span(self, task: Task[Any]) -> AbstractContextManager[None] | None:
@@ -383,13 +402,13 @@ class Engine:
         self.started += 1
         if work.started is not None:
             work.started.set()
-        if self.listeners:
+        if self.listeners.items:
             self.listeners.publish("started", work)
 
     def mark_retrying(self, work: Work, exc: BaseException, wait: float) -> None:
         self.retries += 1
         log_retry(work, exc, wait)
-        if self.listeners:
+        if self.listeners.items:
             self.listeners.publish("retrying", work, exc)
 
     def settle(self, work: Work, state: TaskState, reason: str = "") -> None:
@@ -415,7 +434,7 @@ class Engine:
                 log_succeeded(work)
         elif state is DISCARDED and logger.isEnabledFor(logging.DEBUG):
             log_discarded(work, reason)
-        if self.listeners:
+        if self.listeners.items:
             self.listeners.publish("finished", work, work.exception)
         work.handle = None
         if self.idle is not None and not self.live:
@@ -442,7 +461,7 @@ class Engine:
         runner, threads = self.runner, self.threads
         if runner is None or threads is None:  # `await task()` on sync work after shutdown
             raise self.refusal()
-        job = ThreadJob(runner, limiter)
+        job = ThreadJob(runner, limiter, work)
         try:
             return await job.call(threads, func, time_limit)
         except BaseException:

@@ -20,13 +20,17 @@ if TYPE_CHECKING:
     import contextvars
 
     from ._config import TaskConfig
+    from ._request import RequestInfo
 
-__all__ = ["Event", "Owner", "Task", "TaskMode", "TaskState", "Work"]
+__all__ = ["Event", "Owner", "Task", "TaskMode", "TaskState", "WaitReason", "Work"]
 
 R = TypeVar("R")
 
 TaskMode = Literal["immediate", "after_route", "after_response"]
 """When the work was scheduled to start."""
+
+WaitReason = Literal["request", "max_concurrency", "event_loop", "limiter", "thread", "retry"]
+"""What unfinished work waits for ([`Task.waiting_for`][fastapi_tasks.Task.waiting_for])."""
 
 
 class TaskState(str, enum.Enum):
@@ -66,6 +70,7 @@ class Owner(Protocol):
     @property
     def manager(self) -> Any: ...
     def cancel(self, work: Work) -> None: ...
+    def waiting_reason(self, work: Work) -> WaitReason | None: ...
     def new_event(self) -> Event: ...
     async def call_again(self, work: Work) -> Any: ...
 
@@ -87,6 +92,7 @@ class Work:
         "admitted",
         "args",
         "attempts",
+        "blocked",
         "busy_thread",
         "cancel_target",
         "chain",
@@ -103,6 +109,7 @@ class Work:
         "kwargs",
         "mode",
         "owner",
+        "request",
         "result",
         "started",
         "started_at",
@@ -143,6 +150,11 @@ class Work:
         self.handler_scope: Cancellable | None = None
         self.busy_thread: Event | None = None
         self.admitted = False  # holds one of the max_concurrency slots
+        # For lifecycle events and Task.waiting_for: the request that scheduled it
+        # (only recorded while the manager has listeners), and what a started attempt
+        # waits for ("limiter", "thread", "retry"), written only on those slow paths.
+        self.request: RequestInfo | None = None
+        self.blocked: WaitReason | None = None
         self.started: Event | None = None
         self.done: Event | None = None
 
@@ -217,6 +229,22 @@ class Task(Generic[R]):
     def attempts(self) -> int:
         """How many attempts have started so far."""
         return self._work.attempts
+
+    @property
+    def waiting_for(self) -> WaitReason | None:
+        """What the work waits for before its function runs, or ``None``.
+
+        - ``"request"``: its request's moment (after-route work: the endpoint to
+          return; after-response work: the response to be sent);
+        - ``"max_concurrency"``: a free slot under ``add_tasks(max_concurrency=...)``;
+        - ``"event_loop"``: handed over, about to start;
+        - ``"limiter"``: its ``limiter`` (the task is running: its attempt began);
+        - ``"thread"``: a free worker thread, for ``def`` work (running too);
+        - ``"retry"``: the delay before its next attempt.
+
+        ``None`` while the function runs, and once the task finished.
+        """
+        return self._work.owner.waiting_reason(self._work)
 
     @property
     def done(self) -> bool:
