@@ -29,12 +29,12 @@ class TasksMiddleware:
     that called ``add_tasks``) keeps it: mounted apps share the outer app's manager.
     """
 
-    __slots__ = ("_refresh_tracer", "app", "engine")
+    __slots__ = ("_refresh_telemetry", "app", "engine")
 
-    def __init__(self, app: ASGIApp, engine: Engine, refresh_tracer: Callable[[], Any]) -> None:
+    def __init__(self, app: ASGIApp, engine: Engine, refresh_telemetry: Callable[[], Any]) -> None:
         self.app = app
         self.engine = engine
-        self._refresh_tracer = refresh_tracer
+        self._refresh_telemetry = refresh_telemetry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -89,10 +89,10 @@ class TasksMiddleware:
 
         async def send_and_watch(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
-                # The app's own startup may have just set the global tracer provider.
-                self._refresh_tracer()
+                # The app's own startup may have just set the global tracer or meter provider.
+                self._refresh_telemetry()
             await send(message)
 
-        self._refresh_tracer()
+        self._refresh_telemetry()
         async with engine.lifespan():
             await self.app(scope, receive_and_drain, send_and_watch)
