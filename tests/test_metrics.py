@@ -28,10 +28,10 @@ pytestmark = pytest.mark.anyio
 Points = dict[str, list[Any]]
 
 
-def metered_app(**telemetry: Any) -> tuple[FastAPI, InMemoryMetricReader]:
+def metered_app(metrics: bool = True) -> tuple[FastAPI, InMemoryMetricReader]:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
-    return FastAPI(telemetry=TelemetryConfig(meter_provider=provider, **telemetry)), reader
+    return FastAPI(telemetry=TelemetryConfig(meter_provider=provider, metrics=metrics)), reader
 
 
 def points(reader: InMemoryMetricReader) -> Points:
@@ -132,9 +132,10 @@ async def test_instruments_count_schedule_outcome_retries_duration_wait_and_acti
     # Low cardinality: no ids, no arguments anywhere.
     for point_list in found.values():
         for point in point_list:
-            values = {str(value) for value in (point.attributes or {}).values()}
+            attributes: Mapping[str, Any] = point.attributes or {}
+            values = {str(value) for value in attributes.values()}
             assert not any("example.com" in value for value in values)
-            assert set(point.attributes or {}) <= {
+            assert set(attributes) <= {
                 "task.name",
                 "task.mode",
                 "task.state",

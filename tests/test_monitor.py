@@ -37,7 +37,8 @@ async def client_for(
 ) -> AsyncGenerator[httpx2.AsyncClient, None]:
     async with run_lifespan(app):
         transport = httpx2.ASGITransport(app=app, client=client)
-        async with httpx2.AsyncClient(transport=transport, base_url="http://test") as http:
+        http = httpx2.AsyncClient(transport=transport, base_url="http://test")
+        async with http:
             yield http
 
 
@@ -192,7 +193,8 @@ async def test_page_and_assets_are_served_from_the_package() -> None:
         assert page.headers["content-type"].startswith("text/html")
         assert "default-src 'none'" in page.headers["content-security-policy"]
         assert 'src="static/monitor.js"' in page.text
-        assert "http://" not in page.text and "https://" not in page.text  # no CDN
+        assert "http://" not in page.text
+        assert "https://" not in page.text
         script = await http.get("/tasks/static/monitor.js")
         assert script.headers["content-type"].startswith("text/javascript")
         assert "EventSource" in script.text
@@ -225,7 +227,9 @@ async def test_snapshot_shows_counts_rates_durations_failures_and_requests() -> 
         requests = (await http.get("/tasks/api/requests")).json()["requests"]
 
     counts = snapshot["summary"]["counts"]
-    assert counts["succeeded"] == 3 and counts["failed"] == 1 and counts["retries"] == 1
+    assert counts["succeeded"] == 3
+    assert counts["failed"] == 1
+    assert counts["retries"] == 1
     assert snapshot["summary"]["success_rate"] == 0.75
     assert sum(snapshot["series"]["finished"]) == 4
     assert sum(snapshot["series"]["failed"]) == 1
@@ -233,7 +237,8 @@ async def test_snapshot_shows_counts_rates_durations_failures_and_requests() -> 
     assert {row["name"] for row in snapshot["durations"]} == {"warm", "audit", "mail", "partner"}
     assert all(row["p50"] <= row["p95"] <= row["p99"] for row in snapshot["durations"])
     [failure] = snapshot["failures"]
-    assert failure["name"] == "partner" and failure["attempts"] == 2
+    assert failure["name"] == "partner"
+    assert failure["attempts"] == 2
     assert failure["error"] == "ValueError: the partner said no"
     assert failure["path"] == "/signup"
     assert sections["summary"]["summary"]["counts"] == counts
@@ -264,7 +269,8 @@ async def test_task_detail_has_timings_attempts_request_and_traceback() -> None:
         detail = (await http.get(f"/tasks/api/tasks/{handles[0].id}")).json()
         missing = await http.get("/tasks/api/tasks/999999999")
 
-    assert detail["state"] == "failed" and detail["attempts"] == 1
+    assert detail["state"] == "failed"
+    assert detail["attempts"] == 1
     assert detail["request"]["path"] == "/orders"
     assert detail["handed_over"] >= detail["request"]["response_ended"]
     assert detail["scheduled"] <= detail["handed_over"] <= detail["started"] <= detail["ended"]
@@ -282,7 +288,8 @@ async def test_arguments_only_with_show_arguments() -> None:
         await manager.join(5)
         detail = (await http.get(f"/tasks/api/tasks/{task.id}")).json()
     assert detail["arguments"] == "secret='tok-123'"
-    assert detail["request"] is None and detail["path"] is None
+    assert detail["request"] is None
+    assert detail["path"] is None
     assert detail["handed_over"] == detail["scheduled"]
 
 
@@ -330,7 +337,9 @@ async def test_cancel_is_a_same_origin_post() -> None:
         assert (await http.get(url)).status_code == 405
         assert (await http.post(url)).status_code == 403
         assert (await http.post(url, headers={"origin": "http://evil.example"})).status_code == 403
-        assert (await http.post("/tasks/api/tasks/424242/cancel", headers=ORIGIN)).status_code == 404
+        assert (
+            await http.post("/tasks/api/tasks/424242/cancel", headers=ORIGIN)
+        ).status_code == 404
         done = await http.post(url, headers=ORIGIN)
         assert done.json() == {"id": task.id, "cancelled": True}
         await task.wait()
@@ -349,7 +358,8 @@ async def test_history_is_a_ring_buffer() -> None:
         newest = await http.get(f"/tasks/api/tasks/{tasks[-1].id}")
     assert summary["history"] == {"kept": 3, "limit": 3}
     assert summary["counts"]["succeeded"] == 10
-    assert oldest.status_code == 404 and newest.status_code == 200
+    assert oldest.status_code == 404
+    assert newest.status_code == 200
 
 
 async def test_bounded_aggregates(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -378,7 +388,10 @@ async def test_bounded_aggregates(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(rows) == {"a", "b", state_module.OTHER_NAMES}
     assert rows["a"]["count"] == 5
     assert rows[state_module.OTHER_NAMES]["count"] == 10 + 8
-    paths = [(request["path"], len(request["tasks"]), request["more_tasks"]) for request in snapshot["requests"]]
+    paths = [
+        (request["path"], len(request["tasks"]), request["more_tasks"])
+        for request in snapshot["requests"]
+    ]
     assert paths == [("/fan/5", 2, 3), ("/fan/2", 2, 0)]
 
 
@@ -475,9 +488,7 @@ async def test_the_stream_sends_throttled_snapshots() -> None:
             await app(http_scope("/tasks/api/stream"), receive, send)
         await manager.join(5)
     text = b"".join(chunks).decode()
-    snapshots = [
-        json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")
-    ]
+    snapshots = [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")]
     assert len(snapshots) >= 2
     assert snapshots[0]["summary"]["counts"]["scheduled"] >= 200
     assert snapshots[1]["now"] - snapshots[0]["now"] >= STREAM_INTERVAL * 0.9

@@ -106,7 +106,8 @@ def test_events_carry_the_request_for_thread_and_websocket_scheduling() -> None:
         tasks.after_response.schedule(noop)
         await websocket.close()
 
-    with TestClient(app) as client:
+    client = TestClient(app)
+    with client:
         client.get("/sync?x=1")
         with client.websocket_connect("/ws"):
             pass
@@ -119,6 +120,7 @@ def test_events_carry_the_request_for_thread_and_websocket_scheduling() -> None:
         ("WEBSOCKET", "/ws"),
     ]
     http_request = requests[0]
-    assert http_request is not None and http_request.status == 200
+    assert http_request is not None
+    assert http_request.status == 200
     assert http_request.response_started is not None
     assert http_request.response_ended is not None
