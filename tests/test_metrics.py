@@ -19,7 +19,9 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from fastapi_tasks import Task, TaskEvent, Tasks, add_tasks
-from fastapi_tasks._metrics import MetricsSwitch, meter_provider_from_telemetry
+from fastapi_tasks._events import EventKind
+from fastapi_tasks._metrics import MetricsSwitch, TaskMetrics, meter_provider_from_telemetry
+from fastapi_tasks._request import RequestInfo
 
 from .conftest import serving
 
@@ -255,3 +257,38 @@ async def test_a_global_provider_set_by_the_apps_own_startup_is_used(
         manager.task(name="after startup").schedule(work, "x")
         await manager.join(5)
     assert total(points(reader), "fastapi_tasks.task.scheduled") == 1
+
+
+async def test_events_the_instruments_cannot_place_are_skipped() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    metrics_listener = TaskMetrics(provider.get_meter("fastapi_tasks"))
+    app = FastAPI()
+    manager = add_tasks(app)
+    handles: list[Task[None]] = []
+
+    @app.get("/later")
+    async def later(tasks: Tasks) -> str:
+        handles.append(tasks.after_response.schedule(work, "x"))
+        return "ok"
+
+    async with serving(app) as client:
+        unseen: Task[None] = manager.schedule(work, "y")
+        await client.get("/later")
+        await manager.join(5)
+    [deferred] = handles
+    no_moment = RequestInfo({"method": "GET", "path": "/x"})
+
+    def event(kind: EventKind, task: Task[None], **fields: Any) -> TaskEvent:
+        return TaskEvent(kind, task, task.state, 1.0, 1, **fields)
+
+    # Started and finished without a "scheduled" these instruments saw: not counted.
+    metrics_listener(event("started", unseen))
+    metrics_listener(event("finished", unseen))
+    # A later mode with no recorded moment: counted, but no wait recorded.
+    for kind in ("scheduled", "started", "enqueued", "finished"):
+        metrics_listener(event(kind, deferred, request=no_moment))  # type: ignore[arg-type]
+    found = points(reader)
+    assert total(found, "fastapi_tasks.task.scheduled") == 1
+    assert total(found, "fastapi_tasks.task.active") == 0
+    assert "fastapi_tasks.task.wait" not in found

@@ -16,8 +16,9 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.types import Message
 
+import fastapi_tasks.monitor._router as router_module
 import fastapi_tasks.monitor._state as state_module
-from fastapi_tasks import Task, Tasks, add_tasks
+from fastapi_tasks import Task, TaskEvent, Tasks, add_tasks
 from fastapi_tasks._request import RequestInfo
 from fastapi_tasks.monitor import monitor_router
 from fastapi_tasks.monitor._router import STREAM_INTERVAL, is_loopback, same_origin
@@ -418,6 +419,7 @@ async def test_waiting_work_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
         await entered.wait()
         await third.started.wait()
         waiting = (await http.get("/tasks/api/waiting")).json()["waiting"]
+        queued.cancel()  # ends without ever starting
         gate.set()
         await manager.join(5)
     assert second.id != queued.id
@@ -427,26 +429,50 @@ async def test_waiting_work_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     assert waiting["total"] == 1 + 2
 
 
-async def test_work_from_before_the_monitor_started_is_ignored() -> None:
+async def test_work_from_before_the_monitor_started_is_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     gate = anyio.Event()
+    calls: list[int] = []
+    states: list[state_module.MonitorState] = []
+
+    class Recorded(state_module.MonitorState):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            states.append(self)
+
+    monkeypatch.setattr(router_module, "MonitorState", Recorded)
 
     async def blocked() -> None:
         await gate.wait()
 
+    async def flaky_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncGenerator[None, None]:
+        # Before the monitor's own startup: one runs, one waits for the only slot.
         manager.schedule(blocked)
+        manager.task(retries=1).schedule(flaky_once)
         yield
 
     app = FastAPI(lifespan=lifespan)
-    manager = add_tasks(app)
+    manager = add_tasks(app, max_concurrency=1)
     app.include_router(monitor_router(), prefix="/tasks")
     async with client_for(app) as http:
         gate.set()
         await manager.join(5)
+        [state] = states
+        version = state.version
+        handle = manager.schedule(noop)
+        state.listen(TaskEvent("enqueued", handle, handle.state, 1.0, 0))  # nothing to show yet
+        await manager.join(5)
         summary = (await http.get("/tasks/api/summary")).json()["summary"]
-    assert summary["counts"]["succeeded"] == 1  # the manager's counts
-    assert summary["history"]["kept"] == 0  # the monitor never saw it
+    assert state.version == version + 4  # scheduled, enqueued, started, finished
+    assert summary["counts"]["succeeded"] == 3  # the manager's counts
+    assert summary["history"]["kept"] == 1  # the monitor saw only the last one
 
 
 async def test_a_monitor_whose_lifespan_did_not_run_answers_503() -> None:

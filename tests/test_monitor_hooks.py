@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI, WebSocket
 from starlette.testclient import TestClient
 
-from fastapi_tasks import Task, TaskEvent, Tasks, add_tasks
+from fastapi_tasks import Task, TaskEvent, Tasks, add_tasks, current_task
 
 from .conftest import serving
 
@@ -124,3 +124,37 @@ def test_events_carry_the_request_for_thread_and_websocket_scheduling() -> None:
     assert http_request.status == 200
     assert http_request.response_started is not None
     assert http_request.response_ended is not None
+
+
+async def test_listeners_see_each_change_once_and_a_raising_one_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = FastAPI()
+    manager = add_tasks(app)
+    kinds: list[str] = []
+    inside: list[Task[None] | None] = []
+
+    def broken(event: TaskEvent) -> None:
+        raise RuntimeError("listener bug")
+
+    async def work() -> None:
+        inside.append(current_task())
+
+    with pytest.raises(TypeError, match="callable"):
+        manager.add_listener("not a function")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not in list"):
+        manager.remove_listener(broken)
+    manager.add_listener(broken)
+    manager.add_listener(lambda event: kinds.append(event.kind))
+    async with serving(app):
+        first: Task[None] = manager.schedule(work)
+        manager.schedule(work)
+        await manager.join(5)
+        manager.remove_listener(broken)
+    assert kinds == ["scheduled", "scheduled", "started", "finished", "started", "finished"]
+    assert inside == [first, inside[1]]
+    assert inside[1] is not first
+    assert current_task() is None
+    raised = [record for record in caplog.records if "listener" in record.getMessage()]
+    assert len(raised) == 1  # logged once, though it raised six times
+    assert "stays registered" in raised[0].getMessage()

@@ -52,18 +52,6 @@ def meter_provider_from_telemetry(telemetry: Mapping[str, Any] | None) -> MeterP
     return provider
 
 
-def _handed_over(task: Task[Any], scheduled: float, request: RequestInfo | None) -> float | None:
-    """When the work was handed to the runner: its mode's moment, not before it was scheduled."""
-    if task.mode == "immediate":
-        return scheduled
-    if request is None:  # a moment nobody recorded
-        return None
-    moment = request.response_started if task.mode == "after_route" else request.response_ended
-    if moment is None:  # it ran without its moment: run_on_failure work of a broken response
-        return None
-    return max(moment, scheduled)
-
-
 class TaskMetrics:
     """The instruments of one app, fed by ``manager.add_listener(metrics)``."""
 
@@ -74,7 +62,7 @@ class TaskMetrics:
         "_finished",
         "_retries",
         "_scheduled",
-        "_scheduled_at",
+        "_unfinished",
         "_wait",
     )
 
@@ -113,8 +101,9 @@ class TaskMetrics:
         )
         # One attributes mapping per (name, mode) and (name, mode, state): built once.
         self._attributes: dict[tuple[str, ...], dict[str, str]] = {}
-        # When each unfinished task was scheduled, and its request (for the wait).
-        self._scheduled_at: dict[Task[Any], tuple[float, RequestInfo | None]] = {}
+        # Each unfinished task these instruments saw scheduled: when, and its request
+        # (for the wait) while it is pending; None once it runs.
+        self._unfinished: dict[Task[Any], tuple[float, RequestInfo | None] | None] = {}
 
     def _labels(self, *key: str) -> dict[str, str]:
         attributes = self._attributes.get(key)
@@ -130,18 +119,24 @@ class TaskMetrics:
         kind = event.kind
         task = event.task
         if kind == "scheduled":
-            self._scheduled_at[task] = (event.time, event.request)
+            self._unfinished[task] = (event.time, event.request)
             self._scheduled.add(1, self._labels(task.name, task.mode))
             self._active.add(1, self._labels(task.name, task.mode, "pending"))
         elif kind == "started":
+            pending = self._unfinished.get(task)
+            if pending is None:  # scheduled before these instruments existed
+                return
+            self._unfinished[task] = None
             name, mode = task.name, task.mode
             self._active.add(-1, self._labels(name, mode, "pending"))
             self._active.add(1, self._labels(name, mode, "running"))
-            scheduled = self._scheduled_at.pop(task, None)
-            if scheduled is not None:
-                handed_over = _handed_over(task, *scheduled)
-                if handed_over is not None:
-                    self._wait.record(max(event.time - handed_over, 0.0), self._labels(name, mode))
+            scheduled, request = pending
+            if request is not None:
+                handed_over = request.handed_over(mode, scheduled)
+            else:  # outside a request only immediate work is handed over when scheduled
+                handed_over = scheduled if mode == "immediate" else None
+            if handed_over is not None:
+                self._wait.record(max(event.time - handed_over, 0.0), self._labels(name, mode))
         elif kind == "retrying":
             attributes = dict(self._labels(task.name, task.mode))
             attributes["error.type"] = _error_type(event.exception)
@@ -152,9 +147,10 @@ class TaskMetrics:
     def _end(self, event: TaskEvent) -> None:
         task = event.task
         name, mode = task.name, task.mode
-        self._scheduled_at.pop(task, None)
         started = event.attempt > 0
-        self._active.add(-1, self._labels(name, mode, "running" if started else "pending"))
+        if task in self._unfinished:
+            del self._unfinished[task]
+            self._active.add(-1, self._labels(name, mode, "running" if started else "pending"))
         attributes = dict(self._labels(name, mode))
         attributes["task.outcome"] = event.state.value
         if event.exception is not None:

@@ -45,6 +45,19 @@ class RequestInfo:
     def __repr__(self) -> str:
         return f"<RequestInfo {self.method} {self.path!r} status={self.status}>"
 
+    def handed_over(self, mode: str, scheduled: float) -> float | None:
+        """When work of ``mode`` scheduled at ``scheduled`` in this request was handed over.
+
+        After-route work goes to the runner as the response starts, after-response
+        work once it ended (or at once, when scheduled after that moment). ``None``
+        when that moment never came (work of a failed request that ran anyway, with
+        ``run_on_failure=True``, before its response could start or end).
+        """
+        if mode == "immediate":
+            return scheduled
+        moment = self.response_started if mode == "after_route" else self.response_ended
+        return None if moment is None else max(moment, scheduled)
+
 
 current_request: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar(
     "fastapi_tasks_request", default=None

@@ -93,16 +93,10 @@ class TaskRecord:
         self.arguments: str | None = None
 
     def handed_over(self) -> float | None:
-        """When the work was given to the runner: its mode's moment, else when scheduled."""
-        if self.mode == "immediate":
-            return self.scheduled
-        request = self.request
-        if request is None:
-            return None
-        moment = request.response_started if self.mode == "after_route" else request.response_ended
-        if moment is None:
-            return None
-        return max(moment, self.scheduled)
+        """When the work was given to the runner (see ``RequestInfo.handed_over``)."""
+        if self.request is None:
+            return self.scheduled if self.mode == "immediate" else None
+        return self.request.handed_over(self.mode, self.scheduled)
 
     def summary(self, now: float) -> dict[str, Any]:
         started, ended = self.started, self.ended
@@ -265,11 +259,10 @@ class MonitorState:
             self._failed[slot] = 0
         self._done[slot] += 1
         exception = event.exception
-        if state is FAILED:
+        if state is FAILED:  # a failed task always has its exception
             self._failed[slot] += 1
-            if exception is not None:
-                record.error = _clip(_safe(_format_error, exception), TEXT_CHARS)
-                record.traceback = _safe(_format_traceback, exception)
+            record.error = _clip(_safe(_format_error, exception), TEXT_CHARS)
+            record.traceback = _safe(_format_traceback, exception)
             self.failures.append(record)
         if record.started is not None:
             durations = self._durations.get(record.name)
