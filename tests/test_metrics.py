@@ -287,7 +287,7 @@ async def test_events_the_instruments_cannot_place_are_skipped() -> None:
     metrics_listener(event("finished", unseen))
     # A later mode with no recorded moment: counted, but no wait recorded.
     for kind in ("scheduled", "started", "enqueued", "finished"):
-        metrics_listener(event(kind, deferred, request=no_moment))  # type: ignore[arg-type]
+        metrics_listener(event(kind, deferred, request=no_moment))
     found = points(reader)
     assert total(found, "fastapi_tasks.task.scheduled") == 1
     assert total(found, "fastapi_tasks.task.active") == 0
