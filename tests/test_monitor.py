@@ -398,6 +398,7 @@ async def test_bounded_aggregates(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_waiting_work_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(state_module, "LISTED", 2)
+    monkeypatch.setattr(state_module, "SCANNED", 3)
     app, manager = monitored(tasks={"max_concurrency": 3})
     gate = anyio.Event()
     limiter = anyio.CapacityLimiter(1)

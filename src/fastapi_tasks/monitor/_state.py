@@ -19,7 +19,7 @@ from typing import Any
 from .._events import TaskEvent
 from .._manager import TaskManager
 from .._request import RequestInfo
-from .._task import Task, TaskState
+from .._task import Task, TaskMode, TaskState
 
 __all__ = ["MonitorState", "TaskRecord"]
 
@@ -38,6 +38,8 @@ FAILURES = 50
 """Recent failures listed."""
 LISTED = 50
 """Running and waiting tasks listed (the oldest; counts are exact)."""
+SCANNED = 500
+"""Running tasks looked at for a wait (limiter, thread, retry) per snapshot: the oldest."""
 TRACEBACK_CHARS = 8000
 """Longest traceback kept, from its end (where the error is)."""
 TEXT_CHARS = 500
@@ -178,8 +180,41 @@ class _Request:
         self.more = 0
 
 
+_Finished = tuple[int, str, TaskMode, TaskState, float, "float | None", float, int, "RequestInfo | None"]
+"""A finished task in the history ring: id, name, mode, state, scheduled, started, ended,
+attempts, request. A tuple, not a record: one is made per task, and most are only ever
+counted, never shown."""
+
+
+def _record_of_finished(item: _Finished | TaskRecord) -> TaskRecord:
+    if isinstance(item, TaskRecord):
+        return item
+    task_id, name, mode, state, scheduled, started, ended, attempts, request = item
+    record = TaskRecord.__new__(TaskRecord)
+    record.task = None
+    record.id, record.name, record.mode, record.state = task_id, name, mode, state
+    record.scheduled, record.started, record.ended = scheduled, started, ended
+    record.attempts, record.request = attempts, request
+    record.error = record.traceback = record.arguments = None
+    return record
+
+
+def _record_of_live(
+    task: Task[Any], scheduled: TaskEvent, started: float | None, arguments: str | None
+) -> TaskRecord:
+    record = TaskRecord(task, scheduled.time, scheduled.request)
+    record.started = started
+    record.attempts = task.attempts
+    record.arguments = arguments
+    return record
+
+
 class MonitorState:
-    """The monitor's view of one app's work; ``listen`` is the manager's listener."""
+    """The monitor's view of one app's work; ``listen`` is the manager's listener.
+
+    Per event the listener only moves a task between two dictionaries and bumps a few
+    counters; the records the API shows are built when someone asks for them.
+    """
 
     def __init__(self, manager: TaskManager, history: int, show_arguments: bool) -> None:
         self.manager = manager
@@ -187,19 +222,23 @@ class MonitorState:
         self.show_arguments = show_arguments
         self.version = 0
         """Bumped by every event: a stream sends a message only when it moved."""
-        self.pending: dict[int, TaskRecord] = {}
-        self.running: dict[int, TaskRecord] = {}
-        # Finished records: a ring of `history` slots and an index by id over it.
-        self._ring: list[TaskRecord | None] = [None] * history
+        # Unfinished work this state saw scheduled: its "scheduled" event, and once it
+        # runs, that event and when it started.
+        self.pending: dict[Task[Any], TaskEvent] = {}
+        self.running: dict[Task[Any], tuple[TaskEvent, float]] = {}
+        self._arguments: dict[Task[Any], str] = {}  # only with show_arguments
+        # Finished work: a ring of `history` slots.
+        self._ring: list[_Finished | TaskRecord | None] = [None] * history
         self._next = 0
-        self.finished: dict[int, TaskRecord] = {}
+        self.kept = 0
         self.failures: deque[TaskRecord] = deque(maxlen=FAILURES)
         self._durations: dict[str, _Durations] = {}
         self._second = [0] * WINDOW  # which second each bucket holds
         self._done = [0] * WINDOW
         self._failed = [0] * WINDOW
         self._requests: OrderedDict[RequestInfo, _Request] = OrderedDict()
-        self.started_at = time.time()
+        self._last: _Request | None = None
+        self._drawn: dict[Task[Any], TaskRecord] = {}  # tasks on the timeline, unfinished
 
     # -- the listener (on the event loop, per event: keep it short) ----------------------
 
@@ -207,82 +246,127 @@ class MonitorState:
         self.version += 1
         kind = event.kind
         if kind == "scheduled":
-            self._scheduled(event)
+            task = event.task
+            self.pending[task] = event
+            if self.show_arguments:
+                self._arguments[task] = _clip(_safe(_format_arguments, task), TEXT_CHARS)
+            if event.request is not None:
+                self._draw(event)
         elif kind == "started":
-            record = self.pending.pop(event.task.id, None)
-            if record is not None:
-                record.state = RUNNING
-                record.started = event.time
-                record.attempts = 1
-                self.running[record.id] = record
+            task = event.task
+            scheduled = self.pending.pop(task, None)
+            if scheduled is not None:
+                self.running[task] = (scheduled, event.time)
+                drawn = self._drawn.get(task)
+                if drawn is not None:
+                    drawn.state = RUNNING
+                    drawn.started = event.time
+                    drawn.attempts = 1
         elif kind == "retrying":
-            record = self.running.get(event.task.id)
-            if record is not None:
-                record.attempts = event.attempt + 1
+            drawn = self._drawn.get(event.task)
+            if drawn is not None:
+                drawn.attempts = event.attempt + 1
         elif kind == "finished":
             self._finished(event)
 
-    def _scheduled(self, event: TaskEvent) -> None:
-        task = event.task
-        request = event.request
-        record = TaskRecord(task, event.time, request)
-        if self.show_arguments:
-            record.arguments = _clip(_safe(_format_arguments, task), TEXT_CHARS)
-        self.pending[record.id] = record
-        if request is not None:
+    def _draw(self, event: TaskEvent) -> None:
+        """Put the task on its request's row of the timeline, if the row has room."""
+        request: RequestInfo = event.request  # type: ignore[assignment]
+        entry = self._last
+        if entry is None or entry.info is not request:
             requests = self._requests
             entry = requests.get(request)
             if entry is None:
                 entry = requests[request] = _Request(request)
                 if len(requests) > REQUESTS:
                     requests.popitem(last=False)
-            if len(entry.tasks) < TASKS_PER_REQUEST:
-                entry.tasks.append(record)
-            else:
-                entry.more += 1
+            self._last = entry
+        if len(entry.tasks) < TASKS_PER_REQUEST:
+            record = TaskRecord(event.task, event.time, request)
+            entry.tasks.append(record)
+            self._drawn[event.task] = record
+        else:
+            entry.more += 1
 
     def _finished(self, event: TaskEvent) -> None:
-        task_id = event.task.id
-        record = self.running.pop(task_id, None) or self.pending.pop(task_id, None)
-        if record is None:  # scheduled before the monitor started listening
-            return
+        task = event.task
+        running = self.running.pop(task, None)
+        if running is None:
+            scheduled = self.pending.pop(task, None)
+            if scheduled is None:  # scheduled before the monitor started listening
+                return
+            started = None
+        else:
+            scheduled, started = running
         state = event.state
-        record.task = None
-        record.state = state
-        record.ended = event.time
-        record.attempts = event.attempt
-        second = int(event.time)
+        end = event.time
+        second = int(end)
         slot = second % WINDOW
         if self._second[slot] != second:
             self._second[slot] = second
             self._done[slot] = 0
             self._failed[slot] = 0
         self._done[slot] += 1
-        exception = event.exception
-        if state is FAILED:  # a failed task always has its exception
-            self._failed[slot] += 1
-            record.error = _clip(_safe(_format_error, exception), TEXT_CHARS)
-            record.traceback = _safe(_format_traceback, exception)
-            self.failures.append(record)
-        if record.started is not None:
-            durations = self._durations.get(record.name)
+        name = task.name
+        if started is not None:
+            durations = self._durations.get(name)
             if durations is None:
-                name = record.name if len(self._durations) < NAMES else OTHER_NAMES
-                durations = self._durations.get(name)
+                key = name if len(self._durations) < NAMES else OTHER_NAMES
+                durations = self._durations.get(key)
                 if durations is None:
-                    durations = self._durations[name] = _Durations()
-            durations.add(event.time - record.started)
-        old = self._ring[self._next]
-        if old is not None:
-            self.finished.pop(old.id, None)
-        self._ring[self._next] = record
+                    durations = self._durations[key] = _Durations()
+            durations.add(end - started)
+        item: _Finished | TaskRecord = (
+            task.id,
+            name,
+            task.mode,
+            state,
+            scheduled.time,
+            started,
+            end,
+            event.attempt,
+            scheduled.request,
+        )
+        arguments = self._arguments.pop(task, None) if self.show_arguments else None
+        if state is FAILED or arguments is not None:
+            record = item = _record_of_finished(item)
+            record.arguments = arguments
+            if state is FAILED:  # a failed task always has its exception
+                self._failed[slot] += 1
+                exception = event.exception
+                record.error = _clip(_safe(_format_error, exception), TEXT_CHARS)
+                record.traceback = _safe(_format_traceback, exception)
+                self.failures.append(record)
+        drawn = self._drawn.pop(task, None)
+        if drawn is not None:
+            drawn.task = None
+            drawn.state = state
+            drawn.ended = end
+            drawn.attempts = event.attempt
+            if isinstance(item, TaskRecord):
+                drawn.error = item.error
+        if self._ring[self._next] is None:
+            self.kept += 1
+        self._ring[self._next] = item
         self._next = (self._next + 1) % self.history
-        self.finished[record.id] = record
 
     # -- what the API and the page read -------------------------------------------------
 
     def find(self, task_id: int) -> TaskRecord | None:
-        return self.running.get(task_id) or self.pending.get(task_id) or self.finished.get(task_id)
+        """The task with this id, if it is unfinished or still in the history (a scan)."""
+        for task, scheduled in self.pending.items():
+            if task.id == task_id:
+                return _record_of_live(task, scheduled, None, self._arguments.get(task))
+        for task, (scheduled, started) in self.running.items():
+            if task.id == task_id:
+                return _record_of_live(task, scheduled, started, self._arguments.get(task))
+        for item in self._ring:
+            if (
+                item is not None
+                and (item.id if isinstance(item, TaskRecord) else item[0]) == task_id
+            ):
+                return _record_of_finished(item)
+        return None
 
     def summary(self, now: float) -> dict[str, Any]:
         stats = self.manager.stats
@@ -299,7 +383,7 @@ class MonitorState:
                 "retries": stats.retries,
             },
             "success_rate": None if not ended else stats.succeeded / ended,
-            "history": {"kept": len(self.finished), "limit": self.history},
+            "history": {"kept": self.kept, "limit": self.history},
         }
 
     def series(self, now: float) -> dict[str, Any]:
@@ -322,26 +406,27 @@ class MonitorState:
         return rows
 
     def running_tasks(self, now: float) -> dict[str, Any]:
-        listed = itertools.islice(self.running.values(), LISTED)
+        listed = itertools.islice(self.running.items(), LISTED)
         return {
             "total": len(self.running),
-            "tasks": [record.summary(now) for record in listed],
+            "tasks": [
+                _record_of_live(task, scheduled, started, None).summary(now)
+                for task, (scheduled, started) in listed
+            ],
         }
 
     def waiting_tasks(self, now: float) -> dict[str, Any]:
         """Pending work, then running work whose attempt waits (limiter, thread, retry)."""
         listed: list[dict[str, Any]] = []
-        for record in itertools.islice(self.pending.values(), LISTED):
-            listed.append(record.summary(now))
+        for task, scheduled in itertools.islice(self.pending.items(), LISTED):
+            listed.append(_record_of_live(task, scheduled, None, None).summary(now))
         blocked = 0
-        for record in self.running.values():
-            task = record.task
-            if task is not None and task.waiting_for is not None:
+        # Bounded work per snapshot, however much runs: only the oldest are looked at.
+        for task, (scheduled, started) in itertools.islice(self.running.items(), SCANNED):
+            if task.waiting_for is not None:
                 blocked += 1
                 if len(listed) < LISTED:
-                    listed.append(record.summary(now))
-            if blocked >= LISTED:  # bounded work per snapshot
-                break
+                    listed.append(_record_of_live(task, scheduled, started, None).summary(now))
         return {"total": len(self.pending) + blocked, "tasks": listed}
 
     def recent_failures(self, now: float) -> list[dict[str, Any]]:
@@ -383,7 +468,7 @@ def _format_error(exception: BaseException) -> str:
 
 
 def _format_traceback(exception: BaseException) -> str:
-    text = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
+    text = "".join(traceback.format_exception(exception))
     return (
         text
         if len(text) <= TRACEBACK_CHARS
