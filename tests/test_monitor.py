@@ -16,9 +16,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.types import Message
 
-import fastapi_tasks.monitor._router as router_module
 import fastapi_tasks.monitor._state as state_module
-from fastapi_tasks import Task, TaskEvent, Tasks, add_tasks
+from fastapi_tasks import Task, TaskMode, Tasks, TaskState, add_tasks
 from fastapi_tasks._request import RequestInfo
 from fastapi_tasks.monitor import monitor_router
 from fastapi_tasks.monitor._router import STREAM_INTERVAL, is_loopback, same_origin
@@ -398,7 +397,7 @@ async def test_bounded_aggregates(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_waiting_work_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(state_module, "LISTED", 2)
-    monkeypatch.setattr(state_module, "SCANNED", 3)
+    monkeypatch.setattr(state_module, "SCANNED", 4)
     app, manager = monitored(tasks={"max_concurrency": 3})
     gate = anyio.Event()
     limiter = anyio.CapacityLimiter(1)
@@ -420,60 +419,40 @@ async def test_waiting_work_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
         await entered.wait()
         await third.started.wait()
         waiting = (await http.get("/tasks/api/waiting")).json()["waiting"]
+        queued_reason = queued.waiting_for
         queued.cancel()  # ends without ever starting
         gate.set()
         await manager.join(5)
     assert second.id != queued.id
     reasons = [(task["id"], task["waiting_for"]) for task in waiting["tasks"]]
-    assert reasons[0] == (queued.id, "max_concurrency")
-    assert reasons[1] == (second.id, "limiter")
-    assert waiting["total"] == 1 + 2
+    assert reasons == [(second.id, "limiter"), (third.id, "limiter")]  # the oldest first
+    assert waiting["total"] == 1 + 2  # one pending, two running that wait
+    assert queued_reason == "max_concurrency"
 
 
-async def test_work_from_before_the_monitor_started_is_ignored(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_work_from_before_the_monitor_started_has_no_schedule_time() -> None:
     gate = anyio.Event()
-    calls: list[int] = []
-    states: list[state_module.MonitorState] = []
-
-    class Recorded(state_module.MonitorState):
-        def __init__(self, *args: Any) -> None:
-            super().__init__(*args)
-            states.append(self)
-
-    monkeypatch.setattr(router_module, "MonitorState", Recorded)
+    early: list[Task[None]] = []
 
     async def blocked() -> None:
         await gate.wait()
 
-    async def flaky_once() -> None:
-        calls.append(1)
-        if len(calls) == 1:
-            raise ConnectionError
-
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncGenerator[None, None]:
-        # Before the monitor's own startup: one runs, one waits for the only slot.
-        manager.schedule(blocked)
-        manager.task(retries=1).schedule(flaky_once)
+        early.append(manager.schedule(blocked))  # before the monitor's own startup
         yield
 
     app = FastAPI(lifespan=lifespan)
-    manager = add_tasks(app, max_concurrency=1)
+    manager = add_tasks(app)
     app.include_router(monitor_router(), prefix="/tasks")
     async with client_for(app) as http:
         gate.set()
         await manager.join(5)
-        [state] = states
-        version = state.version
-        handle = manager.schedule(noop)
-        state.listen(TaskEvent("enqueued", handle, handle.state, 1.0, 0))  # nothing to show yet
-        await manager.join(5)
-        summary = (await http.get("/tasks/api/summary")).json()["summary"]
-    assert state.version == version + 4  # scheduled, enqueued, started, finished
-    assert summary["counts"]["succeeded"] == 3  # the manager's counts
-    assert summary["history"]["kept"] == 1  # the monitor saw only the last one
+        detail = (await http.get(f"/tasks/api/tasks/{early[0].id}")).json()
+    assert detail["state"] == "succeeded"
+    assert detail["scheduled"] is None  # nobody listened when it was scheduled
+    assert detail["handed_over"] is None
+    assert detail["started"] is not None
 
 
 async def test_a_monitor_whose_lifespan_did_not_run_answers_503() -> None:
@@ -523,16 +502,9 @@ async def test_the_stream_sends_throttled_snapshots() -> None:
 
 def test_handed_over_follows_the_mode() -> None:
     info = RequestInfo({"type": "http", "method": "GET", "path": "/x"})
-    app = FastAPI()
-    manager = add_tasks(app)
 
-    class Fake:
-        def __init__(self, mode: str) -> None:
-            self.id, self.name, self.mode = 1, "fake", mode
-            self.state = manager.config  # any value: only copied
-
-    def record(mode: str, request: RequestInfo | None) -> TaskRecord:
-        return TaskRecord(Fake(mode), 10.0, request)  # type: ignore[arg-type]
+    def record(mode: TaskMode, request: RequestInfo | None) -> TaskRecord:
+        return TaskRecord(1, "fake", mode, TaskState.PENDING, 10.0, None, None, 0, request)
 
     assert record("immediate", None).handed_over() == 10.0
     assert record("after_route", None).handed_over() is None

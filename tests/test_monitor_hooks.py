@@ -158,3 +158,37 @@ async def test_listeners_see_each_change_once_and_a_raising_one_is_logged_once(
     raised = [record for record in caplog.records if "listener" in record.getMessage()]
     assert len(raised) == 1  # logged once, though it raised six times
     assert "stays registered" in raised[0].getMessage()
+
+
+async def test_a_listener_gets_only_the_kinds_it_asked_for() -> None:
+    app = FastAPI()
+    manager = add_tasks(app)
+    finished: list[TaskEvent] = []
+    seen_deferred: list[list[Task[None]]] = []
+
+    @app.get("/later")
+    async def later(tasks: Tasks) -> str:
+        deferred = tasks.after_response.schedule(noop)
+        seen_deferred.append([task for task in manager.iter_unfinished() if task is deferred])
+        return "ok"
+
+    with pytest.raises(ValueError, match="kinds"):
+        manager.add_listener(finished.append, kinds=["done"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="kinds"):
+        manager.add_listener(finished.append, kinds="finished")  # type: ignore[arg-type]
+    manager.add_listener(finished.append, kinds={"finished"})
+    async with serving(app) as client:
+        task: Task[None] = manager.schedule(noop)
+        assert task.scheduled_at is not None
+        assert task.started_at is None
+        await client.get("/later")
+        await manager.join(5)
+    assert [event.kind for event in finished] == ["finished", "finished"]
+    started = task.started_at
+    assert started is not None
+    assert task.scheduled_at <= started + 0.01
+    assert task.request is None
+    [[deferred]] = seen_deferred
+    assert deferred.request is not None
+    assert deferred.request.path == "/later"
+    assert list(manager.iter_unfinished()) == []

@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple, cast
 
 from ._request import RequestInfo
 from ._task import Task, TaskState, Work
 
 __all__ = [
+    "KINDS",
     "EventKind",
     "Listener",
     "Listeners",
@@ -93,39 +94,90 @@ def current_task() -> Task[Any] | None:
     return None if work is None else work.handle
 
 
+KINDS: tuple[EventKind, ...] = ("scheduled", "started", "retrying", "finished", "enqueued")
+
+
 class Listeners:
     """The user's listeners of one manager; each one that raises is logged once.
 
-    The manager checks ``items`` (an empty tuple is false) before it builds an event:
-    an attribute and a tuple's truth, cheaper than a ``__bool__`` call per event.
+    Each kind of event has its own tuple of the listeners that want it, and the
+    manager checks that tuple (an empty one is false) before it builds an event: a
+    listener of ``"finished"`` alone spares every task two events. ``items`` holds
+    every listener, whatever it wants (request details are recorded while it is not
+    empty).
     """
 
-    __slots__ = ("_broken", "items")
+    __slots__ = (
+        "_broken",
+        "_wanted",
+        "enqueued",
+        "finished",
+        "items",
+        "retrying",
+        "scheduled",
+        "started",
+    )
 
     def __init__(self) -> None:
         self.items: tuple[Listener, ...] = ()
+        self._wanted: list[frozenset[str]] = []  # the kinds each of `items` wants
         self._broken: set[int] = set()
+        self.scheduled = self.started = self.retrying = self.finished = self.enqueued = ()
 
-    def add(self, listener: Listener) -> None:
+    def add(self, listener: Listener, kinds: Iterable[EventKind] | None = None) -> None:
         if not callable(listener):
             raise TypeError(f"a listener must be callable as listener(event), got {listener!r}")
+        wanted = frozenset(KINDS if kinds is None else kinds)
+        unknown = wanted.difference(KINDS)
+        if unknown or (kinds is not None and isinstance(kinds, str)):
+            raise ValueError(
+                f"kinds must be a collection of {', '.join(map(repr, KINDS))}, got {kinds!r}"
+            )
         self.items = (*self.items, listener)
+        self._wanted.append(wanted)
+        self._sort()
 
     def remove(self, listener: Listener) -> None:
         items = list(self.items)
-        items.remove(listener)  # ValueError for one that was never added, as list.remove
+        index = items.index(listener)  # ValueError for one that was never added, as list.remove
+        del items[index], self._wanted[index]
         self.items = tuple(items)
         self._broken.discard(id(listener))
+        self._sort()
 
-    def publish(self, kind: EventKind, work: Work, exception: BaseException | None = None) -> None:
+    def _sort(self) -> None:
+        for kind in KINDS:
+            wanting = tuple(
+                listener
+                for listener, wanted in zip(self.items, self._wanted, strict=True)
+                if kind in wanted
+            )
+            setattr(self, kind, wanting)
+
+    def publish(
+        self,
+        kind: EventKind,
+        work: Work,
+        exception: BaseException | None = None,
+        when: float | None = None,
+    ) -> None:
         handle = work.handle
         if handle is None:  # pragma: no cover - events come before settle() drops it
             return
         event = _new_event(
             TaskEvent,
-            (kind, handle, work.state, time.time(), work.attempts, exception, work.request),
+            (
+                kind,
+                handle,
+                work.state,
+                when or time.time(),
+                work.attempts,
+                exception,
+                work.request,
+            ),
         )
-        for listener in self.items:
+        listeners: tuple[Listener, ...] = getattr(self, kind)
+        for listener in listeners:
             try:
                 listener(event)
             except Exception:

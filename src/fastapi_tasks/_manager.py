@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
 
@@ -25,6 +25,7 @@ from typing_extensions import ParamSpec, Unpack
 from ._call import check_call
 from ._config import TaskConfig, TaskOptions, check_int, check_number
 from ._events import (
+    EventKind,
     Listener,
     Listeners,
     current_work,
@@ -307,14 +308,18 @@ class Engine:
     def accept(self, work: Work, target: Any) -> None:
         self.unfinished[work] = None
         self.scheduled += 1
-        if self.listeners.items:
-            # The request it belongs to, from the scheduler's context (a thread's copy
-            # for work scheduled from a thread).
+        listeners = self.listeners
+        if listeners.items:
+            # Recorded for listeners (Task.request, Task.scheduled_at): the request it
+            # belongs to, from the scheduler's context (a thread's copy for work
+            # scheduled from a thread), and when.
             context = work.context
             work.request = (
                 current_request.get() if context is None else context.get(current_request)
             )
-            self.listeners.publish("scheduled", work)
+            work.scheduled_at = time.time()
+            if listeners.scheduled:
+                listeners.publish("scheduled", work, None, work.scheduled_at)
         if work.mode == "immediate":
             self.hand_over(work, target)
             return
@@ -402,13 +407,13 @@ class Engine:
         self.started += 1
         if work.started is not None:
             work.started.set()
-        if self.listeners.items:
+        if self.listeners.started:
             self.listeners.publish("started", work)
 
     def mark_retrying(self, work: Work, exc: BaseException, wait: float) -> None:
         self.retries += 1
         log_retry(work, exc, wait)
-        if self.listeners.items:
+        if self.listeners.retrying:
             self.listeners.publish("retrying", work, exc)
 
     def settle(self, work: Work, state: TaskState, reason: str = "") -> None:
@@ -434,7 +439,7 @@ class Engine:
                 log_succeeded(work)
         elif state is DISCARDED and logger.isEnabledFor(logging.DEBUG):
             log_discarded(work, reason)
-        if self.listeners.items:
+        if self.listeners.finished:
             self.listeners.publish("finished", work, work.exception)
         work.handle = None
         if self.idle is not None and not self.live:
@@ -616,6 +621,19 @@ class TaskManager(Scheduler):
         """The live tasks (handed over, pending or running), in the order they were handed over."""
         return [work.handle for work in list(self._engine.live) if work.handle is not None]
 
+    def iter_unfinished(self) -> Iterator[Task[Any]]:
+        """The tasks scheduled and not finished yet, oldest first, deferred work included.
+
+        Unlike [`tasks`][fastapi_tasks.TaskManager.tasks] this includes after-route and
+        after-response work still waiting for its request's moment, and it is lazy:
+        take the first few without copying thousands. Iterate on the event loop's
+        thread, without awaiting in between (the set changes as tasks end).
+        """
+        for work in self._engine.unfinished:
+            handle = work.handle
+            if handle is not None:
+                yield handle
+
     @property
     def stats(self) -> TaskStats:
         """Counters by state, retries and discarded work; they add up at every moment."""
@@ -629,14 +647,24 @@ class TaskManager(Scheduler):
     async def _stats(self) -> TaskStats:
         return self._engine.stats()
 
-    def add_listener(self, listener: Listener) -> None:
+    def add_listener(self, listener: Listener, kinds: Iterable[EventKind] | None = None) -> None:
         """Call ``listener(event)`` with each [`TaskEvent`][fastapi_tasks.TaskEvent] from now on.
 
         Listeners run on the event loop's thread, in the order they were added,
         right where the change happens: keep them quick, and hand slow work to a
         task of their own. One that raises is logged once and stays registered.
+
+        Args:
+            listener: Called with each event.
+            kinds: The kinds of event it wants (``{"finished"}``), else all. An
+                event no listener wants is never built: a listener of finished
+                work alone costs each task one event instead of three.
+
+        Raises:
+            TypeError: ``listener`` is not callable.
+            ValueError: ``kinds`` names an unknown kind.
         """
-        self._engine.listeners.add(listener)
+        self._engine.listeners.add(listener, kinds)
 
     def remove_listener(self, listener: Listener) -> None:
         """Stop calling ``listener``; ``ValueError`` if it was not added."""

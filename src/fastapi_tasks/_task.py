@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import functools
 import itertools
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
@@ -111,6 +112,7 @@ class Work:
         "owner",
         "request",
         "result",
+        "scheduled_at",
         "started",
         "started_at",
         "state",
@@ -154,6 +156,7 @@ class Work:
         # (only recorded while the manager has listeners), and what a started attempt
         # waits for ("limiter", "thread", "retry"), written only on those slow paths.
         self.request: RequestInfo | None = None
+        self.scheduled_at = 0.0  # time.time(), recorded while the manager has listeners
         self.blocked: WaitReason | None = None
         self.started: Event | None = None
         self.done: Event | None = None
@@ -229,6 +232,28 @@ class Task(Generic[R]):
     def attempts(self) -> int:
         """How many attempts have started so far."""
         return self._work.attempts
+
+    @property
+    def request(self) -> RequestInfo | None:
+        """The request that scheduled the work, if it was scheduled in one.
+
+        Recorded only while the manager has event listeners (metrics, the monitor,
+        ``add_listener``): otherwise always ``None``.
+        """
+        return self._work.request
+
+    @property
+    def scheduled_at(self) -> float | None:
+        """When it was scheduled (``time.time()``), recorded while the manager has listeners."""
+        return self._work.scheduled_at or None
+
+    @property
+    def started_at(self) -> float | None:
+        """When its first attempt began (``time.time()`` clock), else ``None``."""
+        started = self._work.started_at
+        if not started:
+            return None
+        return time.time() - (time.perf_counter() - started)
 
     @property
     def waiting_for(self) -> WaitReason | None:

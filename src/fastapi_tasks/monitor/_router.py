@@ -133,7 +133,7 @@ def monitor_router(
         manager = get_task_manager(app)
         state = MonitorState(manager, history, show_arguments)
         states[manager] = state
-        manager.add_listener(state.listen)
+        manager.add_listener(state.listen, kinds=("finished",))
         if not guarded:
             logger.warning(
                 "the task monitor has no guard: it answers only clients on loopback "
@@ -185,6 +185,7 @@ def monitor_router(
         seen = -1
         quiet = 0.0
         while True:
+            state.drain()
             if state.version != seen or quiet >= STREAM_IDLE:
                 seen = state.version
                 quiet = 0.0

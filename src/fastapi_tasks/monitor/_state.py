@@ -13,7 +13,8 @@ import itertools
 import math
 import time
 import traceback
-from collections import OrderedDict, deque
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from .._events import TaskEvent
@@ -39,6 +40,8 @@ FAILURES = 50
 LISTED = 50
 """Running and waiting tasks listed (the oldest; counts are exact)."""
 SCANNED = 500
+BATCH = 4096
+"""Finished tasks collected before the listener takes them in (also on every read)."""
 """Running tasks looked at for a wait (limiter, thread, retry) per snapshot: the oldest."""
 TRACEBACK_CHARS = 8000
 """Longest traceback kept, from its end (where the error is)."""
@@ -61,7 +64,7 @@ def _safe(func: Any, *args: Any) -> str:
 
 
 class TaskRecord:
-    """One task as the monitor shows it; keeps no reference to its result."""
+    """One task as the monitor shows it, built when asked for; keeps no reference to its result."""
 
     __slots__ = (
         "arguments",
@@ -79,26 +82,58 @@ class TaskRecord:
         "traceback",
     )
 
-    def __init__(self, task: Task[Any], scheduled: float, request: RequestInfo | None) -> None:
-        self.task: Task[Any] | None = task  # until it finished: for cancel and waiting_for
-        self.id = task.id
-        self.name = task.name
-        self.mode = task.mode
-        self.state = task.state
+    def __init__(
+        self,
+        task_id: int,
+        name: str,
+        mode: TaskMode,
+        state: TaskState,
+        scheduled: float | None,
+        started: float | None,
+        ended: float | None,
+        attempts: int,
+        request: RequestInfo | None,
+    ) -> None:
+        self.task: Task[Any] | None = None  # while unfinished: for cancel and waiting_for
+        self.id = task_id
+        self.name = name
+        self.mode: TaskMode = mode
+        self.state = state
         self.scheduled = scheduled
-        self.started: float | None = None
-        self.ended: float | None = None
-        self.attempts = 0
+        self.started = started
+        self.ended = ended
+        self.attempts = attempts
         self.request = request
         self.error: str | None = None
         self.traceback: str | None = None
         self.arguments: str | None = None
 
+    @classmethod
+    def of_unfinished(cls, task: Task[Any], show_arguments: bool) -> TaskRecord:
+        record = cls(
+            task.id,
+            task.name,
+            task.mode,
+            task.state,
+            task.scheduled_at,
+            task.started_at,
+            None,
+            task.attempts,
+            task.request,
+        )
+        record.task = task
+        if show_arguments:
+            record.arguments = _arguments(task)
+        return record
+
     def handed_over(self) -> float | None:
         """When the work was given to the runner (see ``RequestInfo.handed_over``)."""
+        scheduled = self.scheduled
+        if scheduled is None:
+            return None
         if self.request is None:
-            return self.scheduled if self.mode == "immediate" else None
-        return self.request.handed_over(self.mode, self.scheduled)
+            return scheduled if self.mode == "immediate" else None
+        return self.request.handed_over(self.mode, scheduled)
 
     def summary(self, now: float) -> dict[str, Any]:
         started, ended = self.started, self.ended
@@ -169,51 +204,32 @@ class _Durations:
         return {"p50": at(0.5), "p95": at(0.95), "p99": at(0.99), "max": ordered[last]}
 
 
-class _Request:
-    """A recent request on the timeline and the first tasks it scheduled."""
-
-    __slots__ = ("info", "more", "tasks")
-
-    def __init__(self, info: RequestInfo) -> None:
-        self.info = info
-        self.tasks: list[TaskRecord] = []
-        self.more = 0
-
-
-_Finished = tuple[int, str, TaskMode, TaskState, float, "float | None", float, int, "RequestInfo | None"]
+_Finished = tuple[
+    int, str, TaskMode, TaskState, "float | None", "float | None", float, int, "RequestInfo | None"
+]
 """A finished task in the history ring: id, name, mode, state, scheduled, started, ended,
 attempts, request. A tuple, not a record: one is made per task, and most are only ever
 counted, never shown."""
 
 
-def _record_of_finished(item: _Finished | TaskRecord) -> TaskRecord:
-    if isinstance(item, TaskRecord):
-        return item
-    task_id, name, mode, state, scheduled, started, ended, attempts, request = item
-    record = TaskRecord.__new__(TaskRecord)
-    record.task = None
-    record.id, record.name, record.mode, record.state = task_id, name, mode, state
-    record.scheduled, record.started, record.ended = scheduled, started, ended
-    record.attempts, record.request = attempts, request
-    record.error = record.traceback = record.arguments = None
-    return record
+def _record_of(item: _Finished | TaskRecord) -> TaskRecord:
+    return item if isinstance(item, TaskRecord) else TaskRecord(*item)
 
 
-def _record_of_live(
-    task: Task[Any], scheduled: TaskEvent, started: float | None, arguments: str | None
-) -> TaskRecord:
-    record = TaskRecord(task, scheduled.time, scheduled.request)
-    record.started = started
-    record.attempts = task.attempts
-    record.arguments = arguments
-    return record
+def _id_of(item: _Finished | TaskRecord) -> int:
+    return item.id if isinstance(item, TaskRecord) else item[0]
+
+
+def _request_of(item: _Finished | TaskRecord) -> RequestInfo | None:
+    return item.request if isinstance(item, TaskRecord) else item[8]
 
 
 class MonitorState:
-    """The monitor's view of one app's work; ``listen`` is the manager's listener.
+    """The monitor's view of one app's work.
 
-    Per event the listener only moves a task between two dictionaries and bumps a few
-    counters; the records the API shows are built when someone asks for them.
+    ``listen`` receives the manager's ``"finished"`` events only: one event per task
+    instead of three. Unfinished work is read from the manager itself
+    (``iter_unfinished()``, the handles' timings) when someone asks.
     """
 
     def __init__(self, manager: TaskManager, history: int, show_arguments: bool) -> None:
@@ -221,13 +237,10 @@ class MonitorState:
         self.history = history
         self.show_arguments = show_arguments
         self.version = 0
-        """Bumped by every event: a stream sends a message only when it moved."""
-        # Unfinished work this state saw scheduled: its "scheduled" event, and once it
-        # runs, that event and when it started.
-        self.pending: dict[Task[Any], TaskEvent] = {}
-        self.running: dict[Task[Any], tuple[TaskEvent, float]] = {}
-        self._arguments: dict[Task[Any], str] = {}  # only with show_arguments
-        # Finished work: a ring of `history` slots.
+        """Finished tasks taken in so far: a stream sends a message only when it moved."""
+        self._batch: list[TaskEvent] = []
+        self.listen = self._listener()
+        """The manager's listener of ``"finished"`` events: it only collects them."""
         self._ring: list[_Finished | TaskRecord | None] = [None] * history
         self._next = 0
         self.kept = 0
@@ -236,115 +249,86 @@ class MonitorState:
         self._second = [0] * WINDOW  # which second each bucket holds
         self._done = [0] * WINDOW
         self._failed = [0] * WINDOW
-        self._requests: OrderedDict[RequestInfo, _Request] = OrderedDict()
-        self._last: _Request | None = None
-        self._drawn: dict[Task[Any], TaskRecord] = {}  # tasks on the timeline, unfinished
 
-    # -- the listener (on the event loop, per event: keep it short) ----------------------
+    # -- the listener (on the event loop, once per finished task: keep it short) ---------
 
-    def listen(self, event: TaskEvent) -> None:
-        self.version += 1
-        kind = event.kind
-        if kind == "scheduled":
-            task = event.task
-            self.pending[task] = event
-            if self.show_arguments:
-                self._arguments[task] = _clip(_safe(_format_arguments, task), TEXT_CHARS)
-            if event.request is not None:
-                self._draw(event)
-        elif kind == "started":
-            task = event.task
-            scheduled = self.pending.pop(task, None)
-            if scheduled is not None:
-                self.running[task] = (scheduled, event.time)
-                drawn = self._drawn.get(task)
-                if drawn is not None:
-                    drawn.state = RUNNING
-                    drawn.started = event.time
-                    drawn.attempts = 1
-        elif kind == "retrying":
-            drawn = self._drawn.get(event.task)
-            if drawn is not None:
-                drawn.attempts = event.attempt + 1
-        elif kind == "finished":
-            self._finished(event)
+    def _listener(self) -> Callable[[TaskEvent], None]:
+        batch = self._batch
+        append = batch.append
+        drain = self.drain
 
-    def _draw(self, event: TaskEvent) -> None:
-        """Put the task on its request's row of the timeline, if the row has room."""
-        request: RequestInfo = event.request  # type: ignore[assignment]
-        entry = self._last
-        if entry is None or entry.info is not request:
-            requests = self._requests
-            entry = requests.get(request)
-            if entry is None:
-                entry = requests[request] = _Request(request)
-                if len(requests) > REQUESTS:
-                    requests.popitem(last=False)
-            self._last = entry
-        if len(entry.tasks) < TASKS_PER_REQUEST:
-            record = TaskRecord(event.task, event.time, request)
-            entry.tasks.append(record)
-            self._drawn[event.task] = record
-        else:
-            entry.more += 1
+        def listen(event: TaskEvent) -> None:
+            append(event)
+            if len(batch) >= BATCH:
+                drain()
 
-    def _finished(self, event: TaskEvent) -> None:
+        return listen
+
+    def drain(self) -> None:
+        """Take in the finished tasks collected since the last call.
+
+        Every one counts in the throughput and failures; the most recent ``history``
+        of the batch (all of them, unless thousands finished at once) also go into
+        the history and the durations. Failures are always kept.
+        """
+        batch = self._batch[:]
+        if not batch:
+            return
+        self._batch.clear()
+        self.version += len(batch)
+        close_from = len(batch) - self.history
+        seconds, done, failed = self._second, self._done, self._failed
+        for index, event in enumerate(batch):
+            state = event.state
+            end = event.time
+            second = int(end)
+            slot = second % WINDOW
+            if seconds[slot] != second:
+                seconds[slot] = second
+                done[slot] = 0
+                failed[slot] = 0
+            done[slot] += 1
+            if state is FAILED:
+                failed[slot] += 1
+            elif index < close_from:  # pushed out of the history by later ones at once
+                continue
+            self._keep(event)
+
+    def _keep(self, event: TaskEvent) -> None:
         task = event.task
-        running = self.running.pop(task, None)
-        if running is None:
-            scheduled = self.pending.pop(task, None)
-            if scheduled is None:  # scheduled before the monitor started listening
-                return
-            started = None
-        else:
-            scheduled, started = running
         state = event.state
         end = event.time
-        second = int(end)
-        slot = second % WINDOW
-        if self._second[slot] != second:
-            self._second[slot] = second
-            self._done[slot] = 0
-            self._failed[slot] = 0
-        self._done[slot] += 1
         name = task.name
-        if started is not None:
+        duration = task.duration
+        if duration is not None:
             durations = self._durations.get(name)
             if durations is None:
                 key = name if len(self._durations) < NAMES else OTHER_NAMES
                 durations = self._durations.get(key)
                 if durations is None:
                     durations = self._durations[key] = _Durations()
-            durations.add(end - started)
-        item: _Finished | TaskRecord = (
+            durations.add(duration)
+        finished: _Finished = (
             task.id,
             name,
             task.mode,
             state,
-            scheduled.time,
-            started,
+            task.scheduled_at,
+            None if duration is None else end - duration,
             end,
             event.attempt,
-            scheduled.request,
+            event.request,
         )
-        arguments = self._arguments.pop(task, None) if self.show_arguments else None
-        if state is FAILED or arguments is not None:
-            record = item = _record_of_finished(item)
-            record.arguments = arguments
+        item: _Finished | TaskRecord = finished
+        if state is FAILED or self.show_arguments:
+            record = item = TaskRecord(*finished)
+            if self.show_arguments:
+                record.arguments = _arguments(task)
             if state is FAILED:  # a failed task always has its exception
-                self._failed[slot] += 1
                 exception = event.exception
                 record.error = _clip(_safe(_format_error, exception), TEXT_CHARS)
                 record.traceback = _safe(_format_traceback, exception)
                 self.failures.append(record)
-        drawn = self._drawn.pop(task, None)
-        if drawn is not None:
-            drawn.task = None
-            drawn.state = state
-            drawn.ended = end
-            drawn.attempts = event.attempt
-            if isinstance(item, TaskRecord):
-                drawn.error = item.error
         if self._ring[self._next] is None:
             self.kept += 1
         self._ring[self._next] = item
@@ -352,20 +336,20 @@ class MonitorState:
 
     # -- what the API and the page read -------------------------------------------------
 
+    def _newest_first(self) -> list[_Finished | TaskRecord]:
+        ring, cut = self._ring, self._next
+        ordered = ring[cut:] + ring[:cut]
+        return [item for item in reversed(ordered) if item is not None]
+
     def find(self, task_id: int) -> TaskRecord | None:
         """The task with this id, if it is unfinished or still in the history (a scan)."""
-        for task, scheduled in self.pending.items():
+        self.drain()
+        for task in self.manager.iter_unfinished():
             if task.id == task_id:
-                return _record_of_live(task, scheduled, None, self._arguments.get(task))
-        for task, (scheduled, started) in self.running.items():
-            if task.id == task_id:
-                return _record_of_live(task, scheduled, started, self._arguments.get(task))
+                return TaskRecord.of_unfinished(task, self.show_arguments)
         for item in self._ring:
-            if (
-                item is not None
-                and (item.id if isinstance(item, TaskRecord) else item[0]) == task_id
-            ):
-                return _record_of_finished(item)
+            if item is not None and _id_of(item) == task_id:
+                return _record_of(item)
         return None
 
     def summary(self, now: float) -> dict[str, Any]:
@@ -405,54 +389,76 @@ class MonitorState:
         rows.sort(key=lambda row: row["name"])
         return rows
 
-    def running_tasks(self, now: float) -> dict[str, Any]:
-        listed = itertools.islice(self.running.items(), LISTED)
+    def _unfinished(self) -> list[Task[Any]]:
+        """The oldest unfinished tasks: bounded work per snapshot, however much is queued."""
+        return list(itertools.islice(self.manager.iter_unfinished(), SCANNED))
+
+    def running_tasks(self, now: float, unfinished: list[Task[Any]]) -> dict[str, Any]:
+        listed = [task for task in unfinished if task.state is RUNNING][:LISTED]
         return {
-            "total": len(self.running),
-            "tasks": [
-                _record_of_live(task, scheduled, started, None).summary(now)
-                for task, (scheduled, started) in listed
-            ],
+            "total": self.manager.stats.running,
+            "tasks": [TaskRecord.of_unfinished(task, False).summary(now) for task in listed],
         }
 
-    def waiting_tasks(self, now: float) -> dict[str, Any]:
-        """Pending work, then running work whose attempt waits (limiter, thread, retry)."""
-        listed: list[dict[str, Any]] = []
-        for task, scheduled in itertools.islice(self.pending.items(), LISTED):
-            listed.append(_record_of_live(task, scheduled, None, None).summary(now))
-        blocked = 0
-        # Bounded work per snapshot, however much runs: only the oldest are looked at.
-        for task, (scheduled, started) in itertools.islice(self.running.items(), SCANNED):
-            if task.waiting_for is not None:
-                blocked += 1
-                if len(listed) < LISTED:
-                    listed.append(_record_of_live(task, scheduled, started, None).summary(now))
-        return {"total": len(self.pending) + blocked, "tasks": listed}
+    def waiting_tasks(self, now: float, unfinished: list[Task[Any]]) -> dict[str, Any]:
+        """Pending work, and running work whose attempt waits (limiter, thread, retry)."""
+        waiting = [task for task in unfinished if task.waiting_for is not None]
+        blocked = sum(1 for task in waiting if task.state is RUNNING)
+        return {
+            "total": self.manager.stats.pending + blocked,
+            "tasks": [
+                TaskRecord.of_unfinished(task, False).summary(now) for task in waiting[:LISTED]
+            ],
+        }
 
     def recent_failures(self, now: float) -> list[dict[str, Any]]:
         return [record.summary(now) for record in reversed(self.failures)]
 
-    def requests(self, now: float) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for entry in reversed(self._requests.values()):
-            row = _request_fields(entry.info)
-            row["tasks"] = [record.summary(now) for record in entry.tasks]
-            row["more_tasks"] = entry.more
-            rows.append(row)
-        return rows
+    def requests(self, now: float, unfinished: list[Task[Any]]) -> list[dict[str, Any]]:
+        """The most recent requests that scheduled work, each with its first tasks."""
+        rows: dict[RequestInfo, list[_Finished | TaskRecord | Task[Any]]] = {}
+        for item in self._newest_first():
+            request = _request_of(item)
+            if request is not None and (request in rows or len(rows) < REQUESTS):
+                rows.setdefault(request, []).append(item)
+        for task in unfinished:
+            request = task.request
+            if request is not None:
+                rows.setdefault(request, []).append(task)
+        newest = sorted(rows, key=lambda request: request.received, reverse=True)[:REQUESTS]
+        result: list[dict[str, Any]] = []
+        for request in newest:
+            records = [
+                TaskRecord.of_unfinished(item, False)
+                if isinstance(item, Task)
+                else _record_of(item)
+                for item in rows[request]
+            ]
+            records.sort(key=lambda record: record.id)
+            row = _request_fields(request)
+            row["tasks"] = [record.summary(now) for record in records[:TASKS_PER_REQUEST]]
+            row["more_tasks"] = max(0, len(records) - TASKS_PER_REQUEST)
+            result.append(row)
+        return result
 
     def snapshot(self) -> dict[str, Any]:
+        self.drain()
         now = time.time()
+        unfinished = self._unfinished()
         return {
             "now": now,
             "summary": self.summary(now),
             "series": self.series(now),
             "durations": self.durations(now),
-            "running": self.running_tasks(now),
-            "waiting": self.waiting_tasks(now),
+            "running": self.running_tasks(now, unfinished),
+            "waiting": self.waiting_tasks(now, unfinished),
             "failures": self.recent_failures(now),
-            "requests": self.requests(now),
+            "requests": self.requests(now, unfinished),
         }
+
+
+def _arguments(task: Task[Any]) -> str:
+    return _clip(_safe(_format_arguments, task), TEXT_CHARS)
 
 
 def _format_arguments(task: Task[Any]) -> str:
