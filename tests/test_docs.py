@@ -37,6 +37,7 @@ from fastapi.testclient import TestClient
 from starlette.applications import Starlette
 
 import fastapi_tasks
+import fastapi_tasks.monitor
 import fastapi_tasks.testing
 from fastapi_tasks import TaskManager, get_task_manager
 from fastapi_tasks.errors import FastAPITasksUninitializedAppError
@@ -318,6 +319,8 @@ def test_api_reference_documents_exactly_the_public_names() -> None:
             documented.add(parts[1])
         elif parts[:2] == ["fastapi_tasks", "testing"]:
             assert parts[2] in fastapi_tasks.testing.__all__, target  # a public helper module
+        elif parts[:2] == ["fastapi_tasks", "monitor"]:
+            assert parts[2] in fastapi_tasks.monitor.__all__, target  # the monitor's module
         else:
             # Helper classes users meet without importing them (what ``tasks: Tasks``
             # gives); they live in private modules and are not part of ``__all__``.
