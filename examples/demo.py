@@ -1,6 +1,8 @@
 """Serve the checkout example with uvicorn on 127.0.0.1, send one request, print the timeline.
 
-Run it with ``scripts/demo``. The printed timeline shows the three moments at
+Run it with ``scripts/demo``; ``scripts/demo --serve`` then keeps serving, sending a
+checkout every second, so the monitor page whose address it prints stays live until
+Ctrl-C. The printed timeline shows the three moments at
 work: the payment check overlapping the endpoint, the order finalization
 starting after the endpoint returned, and the e-mail and shipping notice
 starting after the response's last byte left the server, still running while
@@ -10,8 +12,10 @@ the client already holds its response.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +61,7 @@ class DemoResult:
     """What one run of the demo saw."""
 
     url: str
+    monitor_url: str
     status_code: int
     body: dict[str, Any]
     timeline: Timeline
@@ -75,8 +80,12 @@ def listening_socket() -> socket.socket:
     return sock
 
 
-async def run_demo() -> DemoResult:
-    """Start uvicorn, send one checkout request, wait for all work, stop uvicorn."""
+async def run_demo(serve: bool = False) -> DemoResult:
+    """Start uvicorn, send one checkout request, wait for all work, stop uvicorn.
+
+    With ``serve``, print the result and keep serving (a checkout a second) until
+    cancelled.
+    """
     timeline = Timeline()
     app, manager = create_app(timeline)
     sock = listening_socket()
@@ -92,6 +101,7 @@ async def run_demo() -> DemoResult:
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     url = f"http://{host}:{port}/checkout"
+    monitor_url = f"http://{host}:{port}/tasks/"
     try:
         # Built first, then entered: httpx2 types __aenter__ with typing.Self, which
         # type checkers targeting Python 3.10 cannot resolve.
@@ -101,11 +111,18 @@ async def run_demo() -> DemoResult:
             timeline.mark("client sent POST /checkout")
             response = await client.post(url, json={"cart_id": 42, "email": "ada@example.com"})
             timeline.mark("client received the response")
-        await manager.join(timeout=5)
+            await manager.join(timeout=5)
+            result = DemoResult(url, monitor_url, response.status_code, response.json(), timeline)
+            if serve:
+                print(render(result), flush=True)
+                print(f"serving until Ctrl-C; watch {monitor_url}", flush=True)
+                while True:
+                    await asyncio.sleep(1.0)
+                    await client.post(url, json={"cart_id": 43, "email": "bob@example.com"})
     finally:
         server.should_exit = True
         await serving
-    return DemoResult(url, response.status_code, response.json(), timeline)
+    return result
 
 
 def render(result: DemoResult) -> str:
@@ -113,6 +130,7 @@ def render(result: DemoResult) -> str:
     timeline = result.timeline
     lines = [
         f"POST {result.url} -> {result.status_code} {json.dumps(result.body)}",
+        f"monitor page: {result.monitor_url} (scripts/demo --serve keeps it live)",
         "",
         "      ms  what happened",
     ]
@@ -130,6 +148,10 @@ def render(result: DemoResult) -> str:
 
 
 def main() -> None:
+    if "--serve" in sys.argv[1:]:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_demo(serve=True))
+        return
     print(render(asyncio.run(run_demo())))
 
 
