@@ -141,7 +141,10 @@ def monitor_router(
                 "monitor_router(dependencies=[Depends(...)])"
             )
         try:
-            yield
+            async with anyio.create_task_group() as group:
+                group.start_soon(state.run_clock)
+                yield
+                group.cancel_scope.cancel()
         finally:
             manager.remove_listener(state.listen)
             states.pop(manager, None)
@@ -182,12 +185,14 @@ def monitor_router(
     @router.get("/api/stream", response_class=EventSourceResponse)
     async def stream(request: Request) -> AsyncIterator[ServerSentEvent]:
         state = state_of(request)
-        seen = -1
+        seen: tuple[int, int, int] | None = None
         quiet = 0.0
         while True:
             state.drain()
-            if state.version != seen or quiet >= STREAM_IDLE:
-                seen = state.version
+            stats = state.manager.stats
+            moved = (state.version, stats.scheduled, stats.running)
+            if moved != seen or quiet >= STREAM_IDLE:
+                seen = moved
                 quiet = 0.0
                 yield ServerSentEvent(event="snapshot", raw_data=_dumps(state.snapshot()))
             await anyio.sleep(STREAM_INTERVAL)

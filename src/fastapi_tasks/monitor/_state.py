@@ -1,5 +1,8 @@
 """What the monitor knows about an app's work, fed by one lifecycle-event listener.
 
+The listener only collects finished tasks; a clock (a task of the app's lifespan) counts
+throughput from the manager's counters once a second and takes the collected tasks in.
+
 Everything is bounded whatever the load: finished tasks live in a ring of ``history``
 records, throughput in a ring of one bucket per second over 15 minutes, durations in a
 fixed sample per task name (and a fixed number of names), recent requests and
@@ -16,6 +19,8 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+import anyio
 
 from .._events import TaskEvent
 from .._manager import TaskManager
@@ -40,8 +45,8 @@ FAILURES = 50
 LISTED = 50
 """Running and waiting tasks listed (the oldest; counts are exact)."""
 SCANNED = 500
-BATCH = 4096
-"""Finished tasks collected before the listener takes them in (also on every read)."""
+RECENT = 8192
+"""Finished tasks collected between two drains at most (one a second, and every read)."""
 """Running tasks looked at for a wait (limiter, thread, retry) per snapshot: the oldest."""
 TRACEBACK_CHARS = 8000
 """Longest traceback kept, from its end (where the error is)."""
@@ -238,9 +243,14 @@ class MonitorState:
         self.show_arguments = show_arguments
         self.version = 0
         """Finished tasks taken in so far: a stream sends a message only when it moved."""
-        self._batch: list[TaskEvent] = []
-        self.listen = self._listener()
-        """The manager's listener of ``"finished"`` events: it only collects them."""
+        # The manager's listener of "finished" events is this deque's own append: no
+        # Python code runs per task. The clock drains it every second (and every read
+        # does); past RECENT events between two drains, the oldest are dropped.
+        self._recent: deque[TaskEvent] = deque(maxlen=RECENT)
+        self.listen: Callable[[TaskEvent], None] = self._recent.append
+        stats = manager.stats
+        self._ended = stats.succeeded + stats.failed + stats.cancelled + stats.discarded
+        self._failed_total = stats.failed
         self._ring: list[_Finished | TaskRecord | None] = [None] * history
         self._next = 0
         self.kept = 0
@@ -250,49 +260,48 @@ class MonitorState:
         self._done = [0] * WINDOW
         self._failed = [0] * WINDOW
 
-    # -- the listener (on the event loop, once per finished task: keep it short) ---------
-
-    def _listener(self) -> Callable[[TaskEvent], None]:
-        batch = self._batch
-        append = batch.append
-        drain = self.drain
-
-        def listen(event: TaskEvent) -> None:
-            append(event)
-            if len(batch) >= BATCH:
-                drain()
-
-        return listen
+    # -- taking events in --------------------------------------------------------------
 
     def drain(self) -> None:
         """Take in the finished tasks collected since the last call.
 
-        Every one counts in the throughput and failures; the most recent ``history``
-        of the batch (all of them, unless thousands finished at once) also go into
-        the history and the durations. Failures are always kept.
+        The most recent ``history`` of them go into the history and the durations
+        (all of them, unless thousands finished at once), and every failure into the
+        list of failures.
         """
-        batch = self._batch[:]
-        if not batch:
+        recent = self._recent
+        if not recent:
             return
-        self._batch.clear()
+        batch = list(recent)
+        recent.clear()
         self.version += len(batch)
         close_from = len(batch) - self.history
-        seconds, done, failed = self._second, self._done, self._failed
         for index, event in enumerate(batch):
-            state = event.state
-            end = event.time
-            second = int(end)
-            slot = second % WINDOW
-            if seconds[slot] != second:
-                seconds[slot] = second
-                done[slot] = 0
-                failed[slot] = 0
-            done[slot] += 1
-            if state is FAILED:
-                failed[slot] += 1
-            elif index < close_from:  # pushed out of the history by later ones at once
-                continue
-            self._keep(event)
+            if index >= close_from or event.state is FAILED:
+                self._keep(event)
+
+    def tick(self, now: float | None = None) -> None:
+        """Count what finished since the last tick into the current second, and drain."""
+        now = time.time() if now is None else now
+        stats = self.manager.stats
+        ended = stats.succeeded + stats.failed + stats.cancelled + stats.discarded
+        done, failed = ended - self._ended, stats.failed - self._failed_total
+        self._ended, self._failed_total = ended, stats.failed
+        second = int(now)
+        slot = second % WINDOW
+        if self._second[slot] != second:
+            self._second[slot] = second
+            self._done[slot] = 0
+            self._failed[slot] = 0
+        self._done[slot] += done
+        self._failed[slot] += failed
+        self.drain()
+
+    async def run_clock(self) -> None:
+        """Tick once a second, for as long as the app runs (the monitor's lifespan)."""
+        while True:
+            self.tick()
+            await anyio.sleep(1.0)
 
     def _keep(self, event: TaskEvent) -> None:
         task = event.task
@@ -442,8 +451,8 @@ class MonitorState:
         return result
 
     def snapshot(self) -> dict[str, Any]:
-        self.drain()
         now = time.time()
+        self.tick(now)
         unfinished = self._unfinished()
         return {
             "now": now,
