@@ -169,7 +169,7 @@ function renderWaiting(waiting) {
     el("td", {}, taskButton(task)),
     el("td", {}, modeBadge(task.mode)),
     el("td", { text: reason(task) }),
-    el("td", { text: seconds(at - task.scheduled) }),
+    el("td", { text: task.scheduled === null ? "–" : seconds(at - task.scheduled) }),
     el("td", {}, cancelButton(task)))));
 }
 
@@ -202,7 +202,7 @@ function renderTimeline(requests) {
 function timelineRow(request, at) {
   const start = request.received;
   let end = Math.max(request.response_ended || at, start);
-  for (const task of request.tasks) end = Math.max(end, task.ended || (task.started ? at : task.scheduled));
+  for (const task of request.tasks) end = Math.max(end, task.ended || (task.started ? at : task.scheduled || start));
   const span = Math.max(end - start, 0.001);
   const width = 1000;
   const labelWidth = 190;
@@ -233,7 +233,8 @@ function timelineRow(request, at) {
     chart.append(name);
     const began = task.started;
     const finished = task.ended || at;
-    chart.append(svg("line", { class: "wait", x1: x(task.scheduled), x2: x(began || finished), y1: top + 6, y2: top + 6 }));
+    const scheduled = task.scheduled ?? began ?? start;
+    chart.append(svg("line", { class: "wait", x1: x(scheduled), x2: x(began || finished), y1: top + 6, y2: top + 6 }));
     if (began) {
       const link = svg("a", { href: "#", "data-key": `bar-${task.id}`, "aria-label": `${task.name}, task ${task.id}: details` });
       link.addEventListener("click", (event) => { event.preventDefault(); openDetail(task.id); });
@@ -248,7 +249,7 @@ function timelineRow(request, at) {
       chart.append(link);
     }
     const offset = (t) => (t === null || t === undefined ? null : seconds(t - start));
-    words.push(`${task.name} (${MODES[task.mode]}, ${task.state}): scheduled at +${offset(task.scheduled)}` +
+    words.push(`${task.name} (${MODES[task.mode]}, ${task.state}): scheduled at +${offset(scheduled)}` +
       (began ? `, ran from +${offset(began)} to ${task.ended ? "+" + offset(task.ended) : "now"}` : ", not started"));
   });
   const description = `${request.method} ${request.path}: response started at ` +
@@ -323,7 +324,7 @@ async function openDetail(id) {
   if (task.error) fields.push(["Error", task.error]);
   if ("arguments" in task) fields.push(["Arguments", task.arguments ?? "–"]);
   $("detail-fields").replaceChildren(...fields.flatMap(([name, value]) => [el("dt", { text: name }), el("dd", { text: value })]));
-  const base = task.scheduled;
+  const base = task.scheduled ?? task.started ?? task.ended;
   const steps = [["scheduled", task.scheduled], ["handed over", task.handed_over], ["started", task.started], ["ended", task.ended]];
   if (task.request) {
     steps.push(["response started", task.request.response_started], ["response ended", task.request.response_ended]);
