@@ -283,10 +283,21 @@ async def test_task_detail_has_timings_attempts_request_and_traceback() -> None:
 async def test_arguments_only_with_show_arguments() -> None:
     app, manager = monitored(show_arguments=True)
 
+    gate = anyio.Event()
+
+    async def blocked(secret: str) -> None:
+        await gate.wait()
+
     async with client_for(app) as http:
         task = manager.schedule(noop, secret="tok-123")
+        running = manager.schedule(blocked, secret="tok-456")
+        await running.started.wait()
+        live = (await http.get(f"/tasks/api/tasks/{running.id}")).json()
+        gate.set()
         await manager.join(5)
         detail = (await http.get(f"/tasks/api/tasks/{task.id}")).json()
+    assert live["arguments"] == "secret='tok-456'"
+    assert live["state"] == "running"
     assert detail["arguments"] == "secret='tok-123'"
     assert detail["request"] is None
     assert detail["path"] is None
@@ -351,13 +362,17 @@ async def test_cancel_is_a_same_origin_post() -> None:
 async def test_history_is_a_ring_buffer() -> None:
     app, manager = monitored(history=3)
     async with client_for(app) as http:
+        for _ in range(10):
+            manager.schedule(noop)
+        await manager.join(5)
+        await http.get("/tasks/api/summary")  # taken in now, then again below: the ring wraps
         tasks = [manager.schedule(noop) for _ in range(10)]
         await manager.join(5)
         summary = (await http.get("/tasks/api/summary")).json()["summary"]
         oldest = await http.get(f"/tasks/api/tasks/{tasks[0].id}")
         newest = await http.get(f"/tasks/api/tasks/{tasks[-1].id}")
     assert summary["history"] == {"kept": 3, "limit": 3}
-    assert summary["counts"]["succeeded"] == 10
+    assert summary["counts"]["succeeded"] == 20
     assert oldest.status_code == 404
     assert newest.status_code == 200
 
@@ -423,6 +438,9 @@ async def test_waiting_work_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
         queued.cancel()  # ends without ever starting
         gate.set()
         await manager.join(5)
+        cancelled = (await http.get(f"/tasks/api/tasks/{queued.id}")).json()
+    assert cancelled["state"] == "cancelled"
+    assert cancelled["started"] is None
     assert second.id != queued.id
     reasons = [(task["id"], task["waiting_for"]) for task in waiting["tasks"]]
     assert reasons == [(second.id, "limiter"), (third.id, "limiter")]  # the oldest first

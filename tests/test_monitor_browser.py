@@ -210,7 +210,7 @@ def test_cancel_stops_a_running_task_from_the_keyboard(page: Page, server: Serve
     expect(row).to_contain_text("build export", timeout=TIMEOUT)
     row.get_by_role("button", name="Cancel").focus()
     page.keyboard.press("Enter")
-    expect(page.locator("#status")).to_have_text(f"Task {task_id} cancelled.", timeout=TIMEOUT)
+    expect(page.locator("#notice")).to_have_text(f"Task {task_id} cancelled.", timeout=TIMEOUT)
     expect(row).to_have_count(0, timeout=TIMEOUT)
     detail = server.get(f"/tasks/api/tasks/{task_id}")
     assert detail["state"] == "cancelled"

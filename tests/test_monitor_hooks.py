@@ -184,6 +184,7 @@ async def test_a_listener_gets_only_the_kinds_it_asked_for() -> None:
         await client.get("/later")
         await manager.join(5)
     assert [event.kind for event in finished] == ["finished", "finished"]
+    assert task.func is noop
     started = task.started_at
     assert started is not None
     assert task.scheduled_at <= started + 0.01

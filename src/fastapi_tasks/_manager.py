@@ -630,9 +630,8 @@ class TaskManager(Scheduler):
         thread, without awaiting in between (the set changes as tasks end).
         """
         for work in self._engine.unfinished:
-            handle = work.handle
-            if handle is not None:
-                yield handle
+            # settle() drops the handle only after the work left `unfinished`.
+            yield cast("Task[Any]", work.handle)
 
     @property
     def stats(self) -> TaskStats:

@@ -285,20 +285,29 @@ function render(snapshot) {
   document.body.setAttribute("data-updated", String(snapshot.now));
 }
 
+// The connection's state; it changes rarely, so it is only written when it changes.
 function setStatus(text, kind) {
   const status = $("status");
+  if (status.textContent === text) return;
   status.textContent = text;
   status.className = `status ${kind || ""}`;
+}
+
+// What an action did, in a live region of its own that snapshots never overwrite.
+function notify(text, bad) {
+  const notice = $("notice");
+  notice.textContent = text;
+  notice.className = `notice ${bad ? "bad" : ""}`;
 }
 
 async function cancelTask(id) {
   try {
     const response = await fetch(`api/tasks/${id}/cancel`, { method: "POST", headers: { Accept: "application/json" } });
     const body = await response.json();
-    if (!response.ok) setStatus(`Cancel refused: ${body.detail || response.status}`, "down");
-    else setStatus(body.cancelled ? `Task ${id} cancelled.` : `Task ${id} had already finished.`, "live");
+    if (!response.ok) notify(`Cancel refused: ${body.detail || response.status}`, true);
+    else notify(body.cancelled ? `Task ${id} cancelled.` : `Task ${id} had already finished.`, false);
   } catch (error) {
-    setStatus(`Cancel failed: ${error}`, "down");
+    notify(`Cancel failed: ${error}`, true);
   }
   if (detailId === id) openDetail(id);
 }
@@ -309,10 +318,10 @@ async function openDetail(id) {
   let task;
   try {
     const response = await fetch(`api/tasks/${id}`, { headers: { Accept: "application/json" } });
-    if (!response.ok) { setStatus(`Task ${id} is no longer in the history.`, "down"); return; }
+    if (!response.ok) { notify(`Task ${id} is no longer in the history.`, true); return; }
     task = await response.json();
   } catch (error) {
-    setStatus(`Could not load task ${id}: ${error}`, "down");
+    notify(`Could not load task ${id}: ${error}`, true);
     return;
   }
   $("detail-title").textContent = `${task.name} #${task.id}`;
