@@ -82,7 +82,8 @@ async def test_raising_handler_is_logged_and_changes_nothing_else(
         for n in range(3):
             assert (await client.get(f"/{n}")).json() == n
         await manager.join(5)
-    assert recorder.events == [0, 1, 2]
+    # Order is promised within a request, not across requests: trio shuffles those.
+    assert sorted(recorder.events) == [0, 1, 2]
     handler_logs = [r for r in task_logs.records if "on_error handler" in r.getMessage()]
     assert len(handler_logs) == 6
     assert manager.stats.failed == 6
