@@ -9,6 +9,8 @@ A variant is ``impl`` or ``impl-mode``:
 ``start_soon``            a dependency handing out the lifespan's anyio task group, and
                           ``group.start_soon(work)``
 ``background[-all|-sync]``  FastAPI's ``BackgroundTasks``: one async task, three, or a ``def``
+``monitor-immediate``     ``library-immediate`` with the monitor included (after the measured
+                          route), so its state listens to every task
 ``library-MODE``          ``fastapi_tasks`` as installed in the running environment; MODE is
                           ``none`` (``add_tasks`` but no ``Tasks`` parameter), ``unused``
                           (``Tasks`` parameter, nothing scheduled), ``immediate``,
@@ -297,7 +299,7 @@ def build_app(variant: str, *, count: int = 1, work: str = "noop", timed: bool =
             fire_background(background)
             return _OK
 
-    elif impl == "library":
+    elif impl in ("library", "monitor"):
         app = _new_app()
         add_tasks(app)
         if mode == "none":
@@ -315,6 +317,12 @@ def build_app(variant: str, *, count: int = 1, work: str = "noop", timed: bool =
             async def library(tasks: Tasks) -> dict[str, bool]:
                 fire_library(tasks)
                 return _OK
+
+        if impl == "monitor":
+            # Imported here: the 0.1.0 environment has no monitor, and never builds this.
+            from fastapi_tasks.monitor import monitor_router
+
+            app.include_router(monitor_router(), prefix="/tasks")
 
     else:
         raise ValueError(f"unknown variant {variant!r}")

@@ -53,17 +53,16 @@ class Client:
         self.expected = 0
         """Pieces of work sent so far; :data:`finished` reaches it once they all ran."""
 
-    async def call(self, name: str) -> int:
-        """Send one request to app ``name``; return the response status."""
-        exchange = _Exchange()
-        scope: dict[str, Any] = {
+    def scope(self, name: str, path: str = "/") -> dict[str, Any]:
+        """A fresh HTTP scope for ``GET path`` on app ``name``."""
+        return {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
             "http_version": "1.1",
             "method": "GET",
             "scheme": "http",
-            "path": "/",
-            "raw_path": b"/",
+            "path": path,
+            "raw_path": path.encode(),
             "root_path": "",
             "query_string": b"",
             "headers": _HEADERS,
@@ -71,7 +70,14 @@ class Client:
             "server": ("127.0.0.1", 8000),
             "state": dict(self._states[name]),  # servers give each request a shallow copy
         }
-        await self._apps[name](scope, exchange.receive, exchange.send)
+
+    def app(self, name: str) -> FastAPI:
+        return self._apps[name]
+
+    async def call(self, name: str) -> int:
+        """Send one request to app ``name``; return the response status."""
+        exchange = _Exchange()
+        await self._apps[name](self.scope(name), exchange.receive, exchange.send)
         return exchange.status
 
     async def request(self, name: str) -> int:

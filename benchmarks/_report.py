@@ -27,6 +27,7 @@ LABELS = {
     "library-after_response": "`tasks.after_response.schedule(work)`",
     "library-all": "all three modes, one task each",
     "library-sync": "`tasks.schedule(def_work)`",
+    "monitor-immediate": "`tasks.schedule(work)`, monitor included and streaming",
 }
 # The BackgroundTasks request doing the same amount of work as each variant.
 SAME_WORK = {
@@ -79,7 +80,7 @@ class _Report:
         return f"fastapi-tasks {self.versions[key]}{suffix}"
 
     def label(self, key: str, variant: str) -> str:
-        if variant.startswith("library-"):
+        if variant.startswith(("library-", "monitor-")):
             return f"{self.library(key)}: {LABELS[variant]}"
         if key != "current":
             return f"{LABELS[variant]} — in the 0.1.0 environment"
@@ -319,6 +320,60 @@ class _Report:
             ),
         ]
 
+    def monitor_section(self) -> list[str]:
+        data = self.results["fanout"]
+        tasks: int = data["tasks"]
+        runs = data["runs"]
+        if "current:monitor-immediate" not in runs:
+            return []
+        without = _median(self.field("fanout", "current:library-immediate", "done"))
+        with_monitor = self.field("fanout", "current:monitor-immediate", "done")
+        rates = [
+            run["stream_messages"] / run["stream_seconds"]
+            for run in self.runs("fanout", "current:monitor-immediate")
+        ]
+        messages = [
+            run["stream_messages"] for run in self.runs("fanout", "current:monitor-immediate")
+        ]
+        return [
+            "",
+            "## (e) The monitor's cost (SPEC section 13)",
+            "",
+            f"The fan-out of (c), {tasks:,} no-op tasks from one request, with the monitor "
+            "included (`monitor_router()`: its state listens to every finished task) and one "
+            "client reading its live stream (`/tasks/api/stream`) meanwhile, against the same "
+            "run without it. Stream messages are counted from the start of the request until "
+            "one second after the last task finished: a burst of ready tasks leaves the stream "
+            "no turn on the event loop until it is over, and the stream never sends more than "
+            "4 a second.",
+            "",
+            *_table(
+                [
+                    "variant",
+                    "all ran after s",
+                    f"{X} without the monitor",
+                    "stream messages",
+                    "stream messages / s",
+                ],
+                [
+                    [
+                        LABELS["library-immediate"],
+                        f"{without:.2f}",
+                        f"1.00{X}",
+                        TO,
+                        TO,
+                    ],
+                    [
+                        LABELS["monitor-immediate"],
+                        _spread(with_monitor, 1.0, 2),
+                        _ratio(_median(with_monitor), without),
+                        _spread(messages, 1.0, 0),
+                        _spread(rates, 1.0, 1),
+                    ],
+                ],
+            ),
+        ]
+
     def memory_section(self) -> list[str]:
         data = self.results["memory"]
         tasks: int = data["tasks"]
@@ -420,6 +475,15 @@ class _Report:
             f"{per_task('0.1.0:library-immediate'):.2f} µs / task",
             value / raw <= 2,
         )
+        if "current:monitor-immediate" in self.results["fanout"]["runs"]:
+            monitored = per_task("current:monitor-immediate")
+            add(
+                f"{tasks:,} no-op tasks with the monitor included, {X} without (section 13)",
+                f"≤ 1.15{X}",
+                f"{monitored / value:.2f}{X} ({monitored:.2f} vs {value:.2f} µs / task)",
+                "the stream's rate: see (e)",
+                monitored / value <= 1.15,
+            )
         tasks = self.results["memory"]["tasks"]
 
         def per_pending(label: str) -> float:
@@ -509,6 +573,7 @@ def render(results: dict[str, Any]) -> str:
         report.micro_section,
         report.e2e_section,
         report.fanout_section,
+        report.monitor_section,
         report.memory_section,
         report.machine_section,
     ]

@@ -492,6 +492,7 @@ def run_all(old_python: str, sizes: Sizes, quick: bool) -> dict[str, Any]:
             ("current", "start_soon"),
             ("current", "background"),
             ("current", "library-immediate"),
+            ("current", "monitor-immediate"),
             ("current", "library-after_route"),
             ("current", "library-after_response"),
             ("0.1.0", "library-immediate"),

@@ -14,7 +14,8 @@ Commands:
 ``serve``      serve one variant with uvicorn on 127.0.0.1, on a port the system picks;
                prints the port, stops on SIGINT/SIGTERM.
 ``fanout``     one request schedules ``--tasks`` no-op tasks: time to schedule, time
-               until all ran, RSS.
+               until all ran, RSS. For ``monitor-*`` variants, a live stream of the
+               monitor is read meanwhile: how many messages it sent.
 ``memory``     one request schedules ``--tasks`` tasks that block on an event: resident
                memory per pending task.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import resource
@@ -32,9 +34,11 @@ import time
 from importlib.metadata import version
 from typing import Any
 
+from starlette.types import Message
+
 from . import _apps
 from ._apps import begun, build_app, finished, open_gate, schedule_timings, tasks_per_request
-from ._asgi import running
+from ._asgi import Client, running
 
 _PAGE = resource.getpagesize()
 
@@ -143,6 +147,9 @@ async def _fanout(variant: str, tasks: int) -> None:
         for _ in range(3):
             await client.request("warm")
         gc.collect()
+        stream = _Stream(client) if variant.startswith("monitor-") else None
+        if stream is not None:
+            await stream.first.wait()
         before = _rss()
         start = time.perf_counter()
         status = await client.call("fanout")
@@ -151,6 +158,12 @@ async def _fanout(variant: str, tasks: int) -> None:
         await finished.reach(client.expected)
         done = time.perf_counter() - start
         peak = _peak_rss()
+        messages = None
+        if stream is not None:
+            # The burst leaves the stream no turn on the loop until it is over: count
+            # what it sends during the fan-out and the second after it.
+            await asyncio.sleep(1.0)
+            messages = await stream.close()
     if status != 200:
         raise RuntimeError(f"{variant}: GET / answered {status}")
     _emit(
@@ -160,8 +173,41 @@ async def _fanout(variant: str, tasks: int) -> None:
             "done": done,
             "rss_before": before,
             "peak_rss": peak,
+            "stream_messages": messages,
+            "stream_seconds": None if messages is None else done + 1.0,
         }
     )
+
+
+class _Stream:
+    """Reads the monitor's live stream (``/tasks/api/stream``) of the fan-out app."""
+
+    def __init__(self, client: Client) -> None:
+        self.first = asyncio.Event()
+        self.messages = 0
+        self._counting = False
+        app = client.app("fanout")
+        self._task = asyncio.create_task(
+            app(client.scope("fanout", "/tasks/api/stream"), self._receive, self._send)
+        )
+
+    async def _receive(self) -> Message:
+        await asyncio.Event().wait()  # the client never leaves: close() cancels the stream
+        raise AssertionError("unreachable")
+
+    async def _send(self, message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if self._counting:
+                self.messages += message.get("body", b"").count(b"event: snapshot")
+            else:  # the snapshot sent on connecting, before the fan-out
+                self._counting = True
+                self.first.set()
+
+    async def close(self) -> int:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return self.messages
 
 
 async def _memory(variant: str, tasks: int) -> None:

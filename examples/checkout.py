@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from fastapi_tasks import TaskManager, Tasks, add_tasks
+from fastapi_tasks.monitor import monitor_router
 
 __all__ = ["CheckoutRequest", "CheckoutResult", "Timeline", "create_app"]
 
@@ -68,6 +69,8 @@ def create_app(timeline: Timeline) -> tuple[FastAPI, TaskManager]:
     """Build the checkout app; every step marks ``timeline``."""
     app = FastAPI(title="checkout")
     manager = add_tasks(app)
+    # The live monitor page at /tasks/: loopback clients only, as nothing guards it.
+    app.include_router(monitor_router(), prefix="/tasks")
 
     async def validate_payment(payment_id: int) -> None:
         timeline.mark("validate_payment started (immediate)")

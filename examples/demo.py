@@ -10,14 +10,19 @@ is Python's own ``http.client``). The timeline shows the three moments at work:
   byte is up to the event loop;
 - after-response work (the e-mail and the shipping notice) starts only after the
   response's last byte was sent, and still runs while the client holds its response.
+
+``scripts/demo --serve`` then keeps serving, sending a checkout every second, so the
+monitor page whose address it prints stays live until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +84,7 @@ class DemoResult:
     """What one run of the demo saw."""
 
     url: str
+    monitor_url: str
     status_code: int
     body: dict[str, Any]
     timeline: Timeline
@@ -113,8 +119,12 @@ def post_checkout(host: str, port: int) -> tuple[int, dict[str, Any]]:
         connection.close()
 
 
-async def run_demo() -> DemoResult:
-    """Start uvicorn, send one checkout request, wait for all work, stop uvicorn."""
+async def run_demo(serve: bool = False) -> DemoResult:
+    """Start uvicorn, send one checkout request, wait for all work, stop uvicorn.
+
+    With ``serve``, print the result and keep serving (a checkout a second) until
+    cancelled.
+    """
     timeline = Timeline()
     app, manager = create_app(timeline)
     sock = listening_socket()
@@ -129,6 +139,8 @@ async def run_demo() -> DemoResult:
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
+    url = f"http://{host}:{port}/checkout"
+    monitor_url = f"http://{host}:{port}/tasks/"
     try:
         # anyio loads its asyncio backend on first use: do that now, not in the request.
         await anyio.lowlevel.checkpoint()
@@ -138,10 +150,17 @@ async def run_demo() -> DemoResult:
         # Marked on the event loop, like the server's marks, so the order is exact.
         timeline.mark("client received the response")
         await manager.join(timeout=5)
+        result = DemoResult(url, monitor_url, status_code, body, timeline)
+        if serve:
+            print(render(result), flush=True)
+            print(f"serving until Ctrl-C; watch {monitor_url}", flush=True)
+            while True:
+                await asyncio.sleep(1.0)  # the pace of the checkouts, not a wait for them
+                await asyncio.to_thread(post_checkout, host, port)
     finally:
         server.should_exit = True
         await serving
-    return DemoResult(f"http://{host}:{port}/checkout", status_code, body, timeline)
+    return result
 
 
 def render(result: DemoResult) -> str:
@@ -149,6 +168,7 @@ def render(result: DemoResult) -> str:
     timeline = result.timeline
     lines = [
         f"POST {result.url} -> {result.status_code} {json.dumps(result.body)}",
+        f"monitor page: {result.monitor_url} (scripts/demo --serve keeps it live)",
         "",
         "      ms  what happened",
     ]
@@ -188,6 +208,10 @@ def render(result: DemoResult) -> str:
 
 def main() -> None:
     configure_logging()  # the library's lines (the shutdown summary) like uvicorn's
+    if "--serve" in sys.argv[1:]:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_demo(serve=True))
+        return
     print(render(asyncio.run(run_demo())))
 
 

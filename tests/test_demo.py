@@ -79,6 +79,8 @@ def test_script_runs_by_itself_and_explains_the_timeline() -> None:
         '-> 200 {"order_id": 9042, "payment_id": 7042, "status": "processing"}'
     )
     assert lines[-1] == "client got its response before the after-response work finished: yes"
+    assert lines[1].startswith("monitor page: http://127.0.0.1:")
+    assert lines[1].split()[2].endswith("/tasks/")
 
     def line_of(text: str) -> int:
         return next(index for index, line in enumerate(lines) if line.endswith(text))

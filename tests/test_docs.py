@@ -38,6 +38,7 @@ from starlette import testclient as starlette_testclient
 from starlette.applications import Starlette
 
 import fastapi_tasks
+import fastapi_tasks.monitor
 import fastapi_tasks.testing
 from fastapi_tasks import TaskManager, get_task_manager
 from fastapi_tasks.errors import FastAPITasksUninitializedAppError
@@ -317,6 +318,8 @@ def test_api_reference_documents_exactly_the_public_names() -> None:
             documented.update(fastapi_tasks.errors.__all__)
         elif parts[:2] == ["fastapi_tasks", "testing"]:
             assert parts[2] in fastapi_tasks.testing.__all__, target  # a public helper module
+        elif parts[:2] == ["fastapi_tasks", "monitor"]:
+            assert parts[2] in fastapi_tasks.monitor.__all__, target  # the monitor's module
         else:
             # Only names a user can import: no private modules, no internal classes.
             assert parts[:-1] == ["fastapi_tasks"], target

@@ -15,11 +15,13 @@ from ._logging import configure_logging as configure_logging
 from ._manager import Scheduler as Scheduler
 from ._manager import TaskManager as TaskManager
 from ._manager import TaskStats as TaskStats
+from ._request import RequestInfo as RequestInfo
 from ._task import Task as Task
 from ._task import TaskErrorHandler as TaskErrorHandler
 from ._task import TaskMode as TaskMode
 from ._task import TaskOptions as TaskOptions
 from ._task import TaskState as TaskState
+from ._task import WaitReason as WaitReason
 from ._version import __version__ as __version__
 from .errors import FastAPITasksAlreadyInstalledError as FastAPITasksAlreadyInstalledError
 from .errors import FastAPITasksClosedError as FastAPITasksClosedError
@@ -35,6 +37,7 @@ __all__ = [
     "FastAPITasksNotStartedError",
     "FastAPITasksUninitializedAppError",
     "FastAPITasksWrongLoopError",
+    "RequestInfo",
     "Scheduler",
     "Task",
     "TaskConfig",
@@ -46,6 +49,7 @@ __all__ = [
     "TaskState",
     "TaskStats",
     "Tasks",
+    "WaitReason",
     "add_tasks",
     "configure_logging",
     "current_task",

@@ -17,6 +17,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from ._dependency import SCOPE_KEY, RequestTasks
 from ._manager import Engine, current_manager
+from ._request import RequestInfo, current_request
 
 __all__ = ["TasksMiddleware"]
 
@@ -28,12 +29,12 @@ class TasksMiddleware:
     that called ``add_tasks``) keeps it: mounted apps share the outer app's manager.
     """
 
-    __slots__ = ("_refresh_tracer", "app", "engine")
+    __slots__ = ("_refresh_telemetry", "app", "engine")
 
-    def __init__(self, app: ASGIApp, engine: Engine, refresh_tracer: Callable[[], Any]) -> None:
+    def __init__(self, app: ASGIApp, engine: Engine, refresh_telemetry: Callable[[], Any]) -> None:
         self.app = app
         self.engine = engine
-        self._refresh_tracer = refresh_tracer
+        self._refresh_telemetry = refresh_telemetry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -48,6 +49,12 @@ class TasksMiddleware:
         scope[SCOPE_KEY] = tasks
         # Always: get_task_manager() must tell the apps apart however many run.
         token = current_manager.set(engine.manager)
+        request_token = None
+        if engine.listeners is not None:
+            # Listeners learn which request scheduled each task and when its response
+            # started and ended (the monitor's timeline); nobody else pays for it.
+            info = tasks.info = RequestInfo(scope)
+            request_token = current_request.set(info)
         try:
             if kind == "http":
                 await self.app(scope, tasks.receive, tasks.send)
@@ -62,6 +69,8 @@ class TasksMiddleware:
         else:
             tasks.end(failed=False)
         finally:
+            if request_token is not None:
+                current_request.reset(request_token)
             current_manager.reset(token)
             # The scope and the scheduler refer to each other; breaking the cycle lets
             # reference counting free both now instead of leaving them to the cyclic
@@ -80,10 +89,10 @@ class TasksMiddleware:
 
         async def send_and_watch(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
-                # The app's own startup may have just set the global tracer provider.
-                self._refresh_tracer()
+                # The app's own startup may have just set the global tracer or meter provider.
+                self._refresh_telemetry()
             await send(message)
 
-        self._refresh_tracer()
+        self._refresh_telemetry()
         async with engine.lifespan():
             await self.app(scope, receive_and_drain, send_and_watch)

@@ -12,6 +12,7 @@ with ``run_on_failure=True``. Every hand-over and discard happens in ``_advance`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, MutableMapping
 from typing import Annotated, Any
 
@@ -22,6 +23,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from ._fastapi_compat import on_endpoint_exit
 from ._manager import Engine, Scheduler, TaskManager
+from ._request import RequestInfo
 from ._runner import Chain
 from ._task import Work
 from .errors import FastAPITasksUninitializedAppError
@@ -50,6 +52,7 @@ class RequestTasks(Scheduler):
         "_send",
         "_stage",
         "_watching",
+        "info",
     )
 
     def __init__(
@@ -70,6 +73,7 @@ class RequestTasks(Scheduler):
         self._failed = False
         self._watching = False
         self._client_left = False
+        self.info: RequestInfo | None = None  # set while the manager has listeners
 
     def __repr__(self) -> str:
         return f"<Tasks of {self._scope.get('type')} {self._scope.get('path')!r}>"
@@ -199,6 +203,10 @@ class RequestTasks(Scheduler):
         """
         kind = message["type"]
         if kind == "http.response.start":
+            info = self.info
+            if info is not None:
+                info.response_started = time.time()
+                info.status = message.get("status")
             if self._after_route is None and self._after_response is None:
                 self._stage = _STARTED  # nothing waits: the common case, inline
             else:
@@ -206,6 +214,9 @@ class RequestTasks(Scheduler):
         elif (kind == "http.response.body" and not message.get("more_body", False)) or (
             kind == "http.response.pathsend"
         ):
+            info = self.info
+            if info is not None:
+                info.response_ended = time.time()
             if self._after_response:
                 return self._send_last(message)
             self._stage = _DONE

@@ -10,16 +10,17 @@ its log lines at those same points; user listeners (``manager.add_listener``) ge
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import inspect
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, NamedTuple, cast
 
+from ._request import RequestInfo
 from ._task import Task, TaskState, Work
 
 __all__ = [
+    "KINDS",
     "EventKind",
     "Listener",
     "Listeners",
@@ -40,9 +41,8 @@ EventKind = Literal["scheduled", "started", "retrying", "finished", "enqueued"]
 """What happened to the task."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class TaskEvent:
-    """One change in a task's life, as listeners receive it.
+class TaskEvent(NamedTuple):
+    """One change in a task's life, as listeners receive it (an immutable named tuple).
 
     Attributes:
         kind: ``"scheduled"``, ``"started"``, ``"retrying"``, ``"finished"`` or
@@ -54,6 +54,9 @@ class TaskEvent:
         attempt: The attempt the change belongs to (0 before the first one).
         exception: The exception that made an attempt fail (``"retrying"``) or the
             task fail (``"finished"``), else ``None``.
+        request: The request that scheduled the task (its path, and when its
+            response started and ended), or ``None`` for work scheduled outside a
+            request, or in a request that began before the first listener was added.
     """
 
     kind: EventKind
@@ -62,6 +65,17 @@ class TaskEvent:
     time: float
     attempt: int
     exception: BaseException | None = None
+    request: RequestInfo | None = None
+
+
+# Builds the tuple without the generated __new__'s Python frame: with listeners, each
+# task makes several events.
+_new_event = cast(
+    "Callable[[type[TaskEvent], tuple[Any, ...]], TaskEvent]",
+    tuple.__new__,  # pyright: ignore[reportUnknownMemberType]
+)
+
+KINDS: tuple[EventKind, ...] = ("scheduled", "started", "retrying", "finished", "enqueued")
 
 
 Listener = Callable[[TaskEvent], object]
@@ -106,33 +120,75 @@ def current_task() -> Task[Any] | None:
 
 
 class Listeners:
-    """The user's listeners of one manager; each one that raises is logged once.
+    """The user's listeners of one manager, by the kinds of event each one wants.
 
-    The manager holds one only while there is a listener, so that without any an
-    event costs one ``is not None`` check.
+    Immutable: adding or removing a listener makes a new one, and the manager holds
+    one only while there is a listener, so that without any an event costs one
+    ``is not None`` check. Each kind has its own tuple of the listeners that want it,
+    checked before an event is built: a listener of ``"finished"`` alone spares every
+    task two events. Each listener that raises is logged once.
     """
 
-    __slots__ = ("_broken", "_items")
+    __slots__ = (
+        "_broken",
+        "_wanted",
+        "enqueued",
+        "finished",
+        "items",
+        "retrying",
+        "scheduled",
+        "started",
+    )
 
-    def __init__(self, items: tuple[Listener, ...], broken: frozenset[int]) -> None:
-        self._items = items
-        self._broken = set(broken)
+    def __init__(
+        self, wanted: tuple[tuple[Listener, frozenset[str]], ...], broken: set[int]
+    ) -> None:
+        self._wanted = wanted
+        self._broken = broken
+        self.items = tuple(listener for listener, _ in wanted)
+        self.scheduled = self._wanting("scheduled")
+        self.started = self._wanting("started")
+        self.retrying = self._wanting("retrying")
+        self.finished = self._wanting("finished")
+        self.enqueued = self._wanting("enqueued")
 
-    def with_listener(self, listener: Listener) -> Listeners:
+    def _wanting(self, kind: str) -> tuple[Listener, ...]:
+        return tuple(listener for listener, kinds in self._wanted if kind in kinds)
+
+    def with_listener(
+        self, listener: Listener, kinds: Iterable[EventKind] | None = None
+    ) -> Listeners:
         if not callable(listener):
             raise TypeError(f"a listener must be callable as listener(event), got {listener!r}")
-        return Listeners((*self._items, listener), frozenset(self._broken))
+        wanted = frozenset(KINDS if kinds is None else kinds)
+        if isinstance(kinds, str) or wanted.difference(KINDS):
+            raise ValueError(
+                f"kinds must be a collection of {', '.join(map(repr, KINDS))}, got {kinds!r}"
+            )
+        return Listeners((*self._wanted, (listener, wanted)), set(self._broken))
 
     def without_listener(self, listener: Listener) -> Listeners | None:
-        items = list(self._items)
-        items.remove(listener)  # ValueError for one that was never added, as list.remove
-        if not items:
+        if listener not in self.items:
+            raise ValueError(f"{listener!r} is not a listener of this manager")
+        index = self.items.index(listener)
+        wanted = self._wanted[:index] + self._wanted[index + 1 :]
+        if not wanted:
             return None
-        return Listeners(tuple(items), frozenset(self._broken - {id(listener)}))
+        return Listeners(wanted, self._broken - {id(listener)})
 
-    def publish(self, kind: EventKind, work: Work, exception: BaseException | None = None) -> None:
-        event = TaskEvent(kind, work, work.state, time.time(), work.attempts, exception)
-        for listener in self._items:
+    def publish(
+        self,
+        kind: EventKind,
+        work: Work,
+        exception: BaseException | None = None,
+        when: float | None = None,
+    ) -> None:
+        event = _new_event(
+            TaskEvent,
+            (kind, work, work.state, when or time.time(), work.attempts, exception, work.request),
+        )
+        listeners: tuple[Listener, ...] = getattr(self, kind)
+        for listener in listeners:
             try:
                 listener(event)
             except Exception:
@@ -154,8 +210,8 @@ def safe_repr(value: object) -> str:
 
 
 def log_extra(work: Work) -> dict[str, object]:
-    started = work.started_at
-    ended = work.ended_at or time.perf_counter()
+    started = work.clock_started
+    ended = work.clock_ended or time.perf_counter()
     return {
         "task_name": work.name,
         "task_id": work.id,

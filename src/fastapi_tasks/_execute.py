@@ -107,7 +107,9 @@ async def _attempt(work: Work, host: Host) -> Any:
         return await host.call_sync(work, call, config.limiter, config.timeout)
     if config.limiter is None:
         return await _call_async_timed(work)
+    work.blocked = "limiter"
     async with config.limiter:
+        work.blocked = None
         return await _call_async_timed(work)
 
 
@@ -131,12 +133,14 @@ async def _run_attempts(work: Work, host: Host) -> Any:
                 raise
             wait = retry_wait(work)
             host.mark_retrying(work, exc, wait)
+            work.blocked = "retry"
             await anyio.sleep(wait)
             busy = work.busy_thread
             if busy is not None:
                 # Never overlap the previous attempt: it still runs in its thread.
                 work.busy_thread = None
                 await busy.wait()
+            work.blocked = None
             work.attempts += 1
 
 

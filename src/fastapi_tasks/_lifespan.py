@@ -12,6 +12,7 @@ from ._asgi import TasksMiddleware
 from ._config import TaskConfig
 from ._fastapi_compat import telemetry_config
 from ._manager import Engine, TaskManager, find_current_manager
+from ._metrics import MetricsSwitch
 from ._otel import tracer_from_telemetry
 from .errors import FastAPITasksAlreadyInstalledError, FastAPITasksUninitializedAppError
 
@@ -75,15 +76,18 @@ def add_tasks(
         shutdown_timeout=shutdown_timeout,
     )
     build_middleware_stack = app.build_middleware_stack
+    metrics = MetricsSwitch(engine.manager)
 
-    def refresh_tracer() -> None:
-        engine.tracer = tracer_from_telemetry(telemetry_config(app))
+    def refresh_telemetry() -> None:
+        telemetry = telemetry_config(app)
+        engine.tracer = tracer_from_telemetry(telemetry)
+        metrics.update(telemetry)
 
     def build_with_tasks() -> ASGIApp:
         # Outside every other layer, ServerErrorMiddleware included: the lifespan
         # reaches us first, and the send hook sees the bytes that really leave the
         # app (a 500 too), whatever middleware is added after add_tasks().
-        return TasksMiddleware(build_middleware_stack(), engine, refresh_tracer)
+        return TasksMiddleware(build_middleware_stack(), engine, refresh_telemetry)
 
     # Starlette builds the stack through this public method on first use; wrapping
     # it is the one way to sit outside ServerErrorMiddleware.

@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import heapq
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
 
@@ -25,6 +26,7 @@ from typing_extensions import ParamSpec, Unpack
 from ._call import check_call
 from ._config import TaskConfig, check_int, check_number
 from ._events import (
+    EventKind,
     Listener,
     Listeners,
     current_work,
@@ -35,8 +37,19 @@ from ._events import (
     thread_work,
 )
 from ._execute import execute
+from ._request import current_request
 from ._runner import Chain, Runner, open_runner
-from ._task import PENDING, RUNNING, Event, Task, TaskMode, TaskOptions, TaskState, Work
+from ._task import (
+    PENDING,
+    RUNNING,
+    Event,
+    Task,
+    TaskMode,
+    TaskOptions,
+    TaskState,
+    WaitReason,
+    Work,
+)
 from ._threads import ThreadJob, WorkerThreads
 from .errors import FastAPITasksClosedError, FastAPITasksError, FastAPITasksNotStartedError
 
@@ -307,8 +320,18 @@ class Engine:
 
     def accept(self, work: Work, target: Any) -> None:
         self.scheduled += 1
-        if self.listeners is not None:
-            self.listeners.publish("scheduled", work)
+        listeners = self.listeners
+        if listeners is not None:
+            # Recorded for listeners (Task.request, Task.scheduled_at): the request it
+            # belongs to, from the scheduler's context (a thread's copy for work
+            # scheduled from a thread), and when.
+            context = work.context
+            work.request = (
+                current_request.get() if context is None else context.get(current_request)
+            )
+            work.scheduled_at = time.time()
+            if listeners.scheduled:
+                listeners.publish("scheduled", work, None, work.scheduled_at)
         if work.mode == "immediate":
             if self.max_concurrency is None and self.phase == _RUNNING:
                 self.live[work] = None  # the common case of hand_over(), inline
@@ -374,6 +397,18 @@ class Engine:
             if target is not None:  # handed to the runner, not started
                 target.cancel()
 
+    def waiting_reason(self, work: Work) -> WaitReason | None:
+        """What unfinished work waits for, if anything (``Task.waiting_for``)."""
+        if work.state is PENDING:
+            if work in self.waiting:
+                return "max_concurrency"
+            if work in self.live:
+                return "event_loop"
+            return "request"
+        if work.state is RUNNING:
+            return work.blocked
+        return None
+
     # -- what the executor needs ------------------------------------------------
 
     def span(self, task: Task[Any]) -> AbstractContextManager[None]:
@@ -384,23 +419,25 @@ class Engine:
     def mark_started(self, work: Work) -> None:
         work.state = RUNNING
         work.attempts = 1
-        work.started_at = time.perf_counter()
+        work.clock_started = time.perf_counter()
         self.started += 1
         if work.started_event is not None:
             work.started_event.set()
-        if self.listeners is not None:
-            self.listeners.publish("started", work)
+        listeners = self.listeners
+        if listeners is not None and listeners.started:
+            listeners.publish("started", work)
 
     def mark_retrying(self, work: Work, exc: BaseException, wait: float) -> None:
         self.retries += 1
         log_retry(work, exc, wait)
-        if self.listeners is not None:
-            self.listeners.publish("retrying", work, exc)
+        listeners = self.listeners
+        if listeners is not None and listeners.retrying:
+            listeners.publish("retrying", work, exc)
 
     def settle(self, work: Work, state: TaskState, reason: str = "") -> None:
         """Write the final state: the one place a task ends."""
         work.state = state
-        work.ended_at = time.perf_counter()
+        work.clock_ended = time.perf_counter()
         # What the finished handle must not keep alive: the scheduling context (a
         # request's whole state), the runner's objects, the wait for a thread.
         work.context = work.cancel_target = work.chain = work.busy_thread = None
@@ -428,8 +465,9 @@ class Engine:
                 log_succeeded(work)
         elif state is DISCARDED and logger.isEnabledFor(logging.DEBUG):
             log_discarded(work, reason)
-        if self.listeners is not None:
-            self.listeners.publish("finished", work, work.exception)
+        listeners = self.listeners
+        if listeners is not None and listeners.finished:
+            listeners.publish("finished", work, work.exception)
         if self.idle is not None and not self.live:
             self.idle.set()
             self.idle = None
@@ -454,7 +492,7 @@ class Engine:
         runner, threads = self.runner, self.threads
         if runner is None or threads is None:  # `await task()` on sync work after shutdown
             raise self.refusal()
-        job = ThreadJob(runner, limiter)
+        job = ThreadJob(runner, limiter, work)
         context = contextvars.copy_context()
         context.run(thread_work.set, work)  # current_task() in the thread
         try:
@@ -577,6 +615,10 @@ class Engine:
             )
 
 
+def _by_id(work: Work) -> int:
+    return work.id
+
+
 class TaskManager(Scheduler):
     """The app's task manager, returned by ``add_tasks()``.
 
@@ -609,6 +651,17 @@ class TaskManager(Scheduler):
         """The live tasks (handed over, pending or running), in the order they were handed over."""
         return list(self._engine.live)
 
+    def iter_unfinished(self) -> Iterator[Task[Any]]:
+        """The tasks scheduled and not finished yet, oldest first, deferred work included.
+
+        Unlike [`tasks`][fastapi_tasks.TaskManager.tasks] this includes after-route and
+        after-response work still waiting for its request's moment, and it is lazy:
+        take the first few without copying thousands. Iterate on the event loop's
+        thread, without awaiting in between (the set changes as tasks end).
+        """
+        engine = self._engine
+        return heapq.merge(engine.deferred, engine.live, key=_by_id)
+
     @property
     def stats(self) -> TaskStats:
         """Counters by state, retries and discarded work; they add up at every moment."""
@@ -622,23 +675,32 @@ class TaskManager(Scheduler):
     async def _stats(self) -> TaskStats:
         return self._engine.stats()
 
-    def add_listener(self, listener: Listener) -> None:
+    def add_listener(self, listener: Listener, kinds: Iterable[EventKind] | None = None) -> None:
         """Call ``listener(event)`` with each [`TaskEvent`][fastapi_tasks.TaskEvent] from now on.
 
         Listeners run on the event loop's thread, in the order they were added,
         right where the change happens: keep them quick, and hand slow work to a
         task of their own. One that raises is logged once and stays registered.
+
+        Args:
+            listener: Called with each event.
+            kinds: The kinds of event it wants (``{"finished"}``), else all. An
+                event no listener wants is never built: a listener of finished
+                work alone costs each task one event instead of three.
+
+        Raises:
+            TypeError: ``listener`` is not callable.
+            ValueError: ``kinds`` names an unknown kind.
         """
         engine = self._engine
-        listeners = engine.listeners or Listeners((), frozenset())
-        engine.listeners = listeners.with_listener(listener)
+        listeners = engine.listeners or Listeners((), set())
+        engine.listeners = listeners.with_listener(listener, kinds)
 
     def remove_listener(self, listener: Listener) -> None:
         """Stop calling ``listener``; ``ValueError`` if it was not added."""
         engine = self._engine
-        if engine.listeners is None:
-            raise ValueError(f"{listener!r} is not a listener of this manager")
-        engine.listeners = engine.listeners.without_listener(listener)
+        listeners = engine.listeners or Listeners((), set())
+        engine.listeners = listeners.without_listener(listener)
 
     async def join(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - SPEC API
         """Wait until no work is pending or running, error handlers included.

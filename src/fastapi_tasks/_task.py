@@ -14,12 +14,14 @@ import abc
 import enum
 import functools
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypedDict, TypeVar
 
 import anyio
 
 from ._config import TaskConfig
+from ._request import RequestInfo
 
 if TYPE_CHECKING:
     import contextvars
@@ -33,6 +35,7 @@ __all__ = [
     "TaskMode",
     "TaskOptions",
     "TaskState",
+    "WaitReason",
     "Work",
 ]
 
@@ -40,6 +43,9 @@ R = TypeVar("R")
 
 TaskMode = Literal["immediate", "after_route", "after_response"]
 """When the work was scheduled to start."""
+
+WaitReason = Literal["request", "max_concurrency", "event_loop", "limiter", "thread", "retry"]
+"""What unfinished work waits for ([`Task.waiting_for`][fastapi_tasks.Task.waiting_for])."""
 
 
 class TaskState(str, enum.Enum):
@@ -79,6 +85,7 @@ class Owner(Protocol):
     @property
     def manager(self) -> Any: ...
     def cancel(self, work: Work) -> None: ...
+    def waiting_reason(self, work: Work) -> WaitReason | None: ...
     def new_event(self) -> Event: ...
     async def call_again(self, work: Work) -> Any: ...
 
@@ -122,6 +129,14 @@ class Task(abc.ABC, Generic[R]):
     """The return value once the task succeeded, else ``None``."""
     exception: BaseException | None
     """The exception of the last attempt once the task failed, else ``None``."""
+    request: RequestInfo | None
+    """The request that scheduled the work, if it was scheduled in one.
+
+    Recorded only while the manager has event listeners (metrics, the monitor,
+    ``add_listener``): otherwise always ``None``.
+    """
+    scheduled_at: float | None
+    """When it was scheduled (``time.time()``), recorded while the manager has listeners."""
 
     @property
     @abc.abstractmethod
@@ -137,6 +152,27 @@ class Task(abc.ABC, Generic[R]):
     @abc.abstractmethod
     def duration(self) -> float | None:
         """Seconds from the first attempt's start to the end, once it ended after starting."""
+
+    @property
+    @abc.abstractmethod
+    def started_at(self) -> float | None:
+        """When its first attempt began (``time.time()`` clock), else ``None``."""
+
+    @property
+    @abc.abstractmethod
+    def waiting_for(self) -> WaitReason | None:
+        """What the work waits for before its function runs, or ``None``.
+
+        - ``"request"``: its request's moment (after-route work: the response to
+          start; after-response work: the response to be sent);
+        - ``"max_concurrency"``: a free slot under ``add_tasks(max_concurrency=...)``;
+        - ``"event_loop"``: handed over, about to start;
+        - ``"limiter"``: its ``limiter`` (the task is running: its attempt began);
+        - ``"thread"``: a free worker thread, for ``def`` work (running too);
+        - ``"retry"``: the delay before its next attempt.
+
+        ``None`` while the function runs, and once the task finished.
+        """
 
     @property
     @abc.abstractmethod
@@ -199,13 +235,15 @@ class Work(Task[Any]):
         "admitted",
         "args",
         "attempts",
+        "blocked",
         "busy_thread",
         "cancel_target",
         "chain",
+        "clock_ended",
+        "clock_started",
         "config",
         "context",
         "done_event",
-        "ended_at",
         "exception",
         "func",
         "handler_scope",
@@ -214,8 +252,9 @@ class Work(Task[Any]):
         "kwargs",
         "mode",
         "owner",
+        "request",
         "result",
-        "started_at",
+        "scheduled_at",
         "started_event",
         "state",
     )
@@ -242,8 +281,9 @@ class Work(Task[Any]):
         self.attempts = 0
         self.result = None
         self.exception = None
-        self.started_at = 0.0
-        self.ended_at = 0.0
+        # perf_counter() readings, for durations; 0.0 until the moment came.
+        self.clock_started = 0.0
+        self.clock_ended = 0.0
         # Until the work ends: the contextvars it runs with when it starts later than
         # it was scheduled, what cancels it in the runner, the runner's start-order
         # chain (trio), a running on_error handler's scope, the wait for a thread.
@@ -255,6 +295,12 @@ class Work(Task[Any]):
         self.admitted = False  # holds one of the max_concurrency slots
         self.started_event: Event | None = None
         self.done_event: Event | None = None
+        # For lifecycle events and Task.waiting_for: the request that scheduled it and
+        # when (recorded only while the manager has listeners), and what a started
+        # attempt waits for ("limiter", "thread", "retry"), written on those paths only.
+        self.request: RequestInfo | None = None
+        self.scheduled_at: float | None = None
+        self.blocked: WaitReason | None = None
 
     def __repr__(self) -> str:
         # Arguments stay out on purpose: they often carry personal data.
@@ -270,9 +316,20 @@ class Work(Task[Any]):
 
     @property
     def duration(self) -> float | None:
-        if not self.ended_at or not self.started_at:
+        if not self.clock_ended or not self.clock_started:
             return None
-        return self.ended_at - self.started_at
+        return self.clock_ended - self.clock_started
+
+    @property
+    def started_at(self) -> float | None:
+        started = self.clock_started
+        if not started:
+            return None
+        return time.time() - (time.perf_counter() - started)
+
+    @property
+    def waiting_for(self) -> WaitReason | None:
+        return self.owner.waiting_reason(self)
 
     @property
     def started(self) -> Event:

@@ -22,7 +22,7 @@ from typing import Any, Protocol, cast
 
 import anyio
 
-from ._task import Event
+from ._task import Event, Work
 
 __all__ = ["ThreadJob", "WorkerThreads"]
 
@@ -91,11 +91,21 @@ class _Loop(Protocol):
 class ThreadJob:
     """One call in a pool thread, as seen from the event loop."""
 
-    __slots__ = ("_caller_left", "_holding", "_limiter", "_loop", "finished", "ran", "started")
+    __slots__ = (
+        "_caller_left",
+        "_holding",
+        "_limiter",
+        "_loop",
+        "_work",
+        "finished",
+        "ran",
+        "started",
+    )
 
-    def __init__(self, loop: _Loop, limiter: anyio.CapacityLimiter | None) -> None:
+    def __init__(self, loop: _Loop, limiter: anyio.CapacityLimiter | None, work: Work) -> None:
         self._loop = loop
         self._limiter = limiter
+        self._work = work  # told what the call waits for (Task.waiting_for)
         self._holding = False
         self._caller_left = False
         self.started = loop.new_event()
@@ -143,16 +153,20 @@ class ThreadJob:
         on: ``finished`` tells when its thread is free again.
         """
         limiter = self._limiter
+        work = self._work
         future: Future[Any] | None = None
         try:
             if limiter is not None:
+                work.blocked = "limiter"
                 await limiter.acquire_on_behalf_of(self)
                 self._holding = True
+            work.blocked = "thread"
             future = threads.submit(self._run, context, func)
             future.add_done_callback(self._thread_done)
             self.ran = True  # until it turns out the call never left the queue
             try:
                 await self.started.wait()
+                work.blocked = None
                 deadline = math.inf if time_limit is None else anyio.current_time() + time_limit
                 with anyio.CancelScope(deadline=deadline):
                     await self.finished.wait()
@@ -166,6 +180,7 @@ class ThreadJob:
                     self.ran = False
                 raise
         finally:
+            work.blocked = None
             self._caller_left = True
             # A thread still running keeps the token until it returns (_settle).
             if future is None or not self.ran or self.finished.is_set():
