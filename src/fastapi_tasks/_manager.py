@@ -602,6 +602,8 @@ class Engine:
     async def lifespan(self) -> AsyncGenerator[None, None]:
         if self.phase in (_RUNNING, _CLOSING):
             raise FastAPITasksError("this task manager is already running")
+        if self.broker is not None and not self.broker.is_worker:
+            refuse_other_loops(self.broker)  # before the runner: trio would wrap the error
         async with open_runner() as runner:
             self.runner = runner
             self.cancelled_exc = runner.cancelled_exc
@@ -629,14 +631,6 @@ class Engine:
         """Start the broker before the app's own startup: jobs sent earlier could be lost."""
         if broker.is_worker:
             return  # a worker process runs its broker itself
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            raise FastAPITasksBrokerError(
-                f"this app's broker {broker.name} is taskiq's, and taskiq runs on asyncio "
-                "only, but the app's lifespan runs on another event loop (trio). Serve the "
-                "app on asyncio, or call add_tasks() without a broker"
-            ) from None
         await broker.startup()
         self.broker_started = True
 
@@ -685,6 +679,18 @@ class Engine:
             )
             if self.broker_started:
                 await self.stop_broker(self.broker)  # type: ignore[arg-type]
+
+
+def refuse_other_loops(broker: Broker) -> None:
+    """taskiq runs on asyncio only: say so at startup, not at the first enqueue."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise FastAPITasksBrokerError(
+            f"this app's broker {broker.name} is taskiq's, and taskiq runs on asyncio "
+            "only, but the app's lifespan runs on another event loop (trio). Serve the "
+            "app on asyncio, or call add_tasks() without a broker"
+        ) from None
 
 
 class TaskManager(Scheduler):

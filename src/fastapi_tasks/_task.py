@@ -339,8 +339,8 @@ class BrokerWork(Work):
 
     @property
     def job_id(self) -> str | None:
-        """The broker's id of the job, once it was enqueued."""
-        return None if self.result is None else self.broker.job_id(self.result)
+        """The broker's id of the job; only once it was enqueued."""
+        return self.broker.job_id(self.result)
 
     def enqueue(self) -> Any:
         """The awaitable that sends the job (one attempt)."""
