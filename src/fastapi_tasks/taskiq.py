@@ -105,9 +105,8 @@ def _trace_labels(job_id: str) -> dict[str, str]:
     span = trace.get_current_span()
     if not span.get_span_context().is_valid:
         return {}
-    if span.is_recording():
-        span.set_attribute("messaging.system", "taskiq")
-        span.set_attribute("messaging.message.id", job_id)
+    span.set_attribute("messaging.system", "taskiq")  # a no-op on a span not recorded
+    span.set_attribute("messaging.message.id", job_id)
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
