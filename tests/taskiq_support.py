@@ -106,10 +106,19 @@ async def wait_for_list(
 class Workers:
     """``taskiq worker`` processes for one queue; all are killed at the end."""
 
-    def __init__(self, redis: RedisServer, queue: str, tmp: Path, idle_timeout_ms: int) -> None:
+    def __init__(
+        self,
+        redis: RedisServer,
+        queue: str,
+        tmp: Path,
+        idle_timeout_ms: int,
+        target: str = "tests.taskiq_jobs:broker",
+    ) -> None:
+        self._target = target
         self._env = {
             **os.environ,
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "examples")]),
+            "REDIS_URL": redis.url,
             taskiq_jobs.URL_VARIABLE: redis.url,
             taskiq_jobs.QUEUE_VARIABLE: queue,
             taskiq_jobs.IDLE_VARIABLE: str(idle_timeout_ms),
@@ -126,7 +135,7 @@ class Workers:
                     "-m",
                     "taskiq",
                     "worker",
-                    "tests.taskiq_jobs:broker",
+                    self._target,
                     "--workers",
                     "1",
                     "--shutdown-timeout",
