@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
+import weakref
 from collections.abc import Callable, Mapping
 from types import CodeType, FunctionType, MethodType
 from typing import Any
@@ -140,12 +141,19 @@ def is_broker_job(fn: object) -> bool:
     return decor is not None and isinstance(fn, decor.AsyncTaskiqDecoratedTask)
 
 
+_job_signatures: weakref.WeakKeyDictionary[Any, inspect.Signature] = weakref.WeakKeyDictionary()
+"""Signatures of jobs' functions, read once: ``inspect.signature`` is slow."""
+
+
 def _check_job_binding(job: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """A job's arguments must fit the function the worker will call."""
-    try:
-        signature = inspect.signature(job.original_func)
-    except (TypeError, ValueError):  # pragma: no cover - taskiq wraps Python functions
-        return
+    func = job.original_func
+    signature = _job_signatures.get(func)
+    if signature is None:
+        try:
+            signature = _job_signatures[func] = inspect.signature(func)
+        except (TypeError, ValueError):  # pragma: no cover - taskiq wraps Python functions
+            return
     try:
         signature.bind(*args, **kwargs)
     except TypeError as exc:

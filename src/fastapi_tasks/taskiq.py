@@ -30,6 +30,14 @@ if TYPE_CHECKING:
 
 __all__ = ["TaskiqBroker", "TracingMiddleware", "adapt_broker"]
 
+_otel_propagate: Any = None
+_otel_trace: Any = None
+try:  # opentelemetry-api comes with FastAPI; imported once, not per enqueue
+    from opentelemetry import propagate as _otel_propagate
+    from opentelemetry import trace as _otel_trace
+except ImportError:  # pragma: no cover - FastAPI without opentelemetry-api
+    pass
+
 
 class TaskiqBroker:
     """The app's taskiq broker as the task manager sees it (made by ``add_tasks``)."""
@@ -98,17 +106,15 @@ def adapt_broker(broker: object) -> TaskiqBroker:
 
 def _trace_labels(job_id: str) -> dict[str, str]:
     """Tag the enqueue's span with the job id, and carry its context in the job's labels."""
-    try:
-        from opentelemetry import propagate, trace
-    except ImportError:  # pragma: no cover - FastAPI without opentelemetry-api
+    if _otel_trace is None:  # pragma: no cover - FastAPI without opentelemetry-api
         return {}
-    span = trace.get_current_span()
+    span = _otel_trace.get_current_span()
     if not span.get_span_context().is_valid:
         return {}
     span.set_attribute("messaging.system", "taskiq")  # a no-op on a span not recorded
     span.set_attribute("messaging.message.id", job_id)
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    _otel_propagate.inject(carrier)
     return carrier
 
 
