@@ -86,6 +86,16 @@ class RedisServer:
         self.client.close()
         self._log.close()
 
+    def wait_until_acknowledged(self, queue: str, timeout: float = WAIT) -> None:
+        """Poll until the workers' group has no job delivered and not acknowledged; bounded."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pending: dict[str, object] = self.client.xpending(queue, "taskiq")
+            if pending["pending"] == 0:
+                return
+            assert time.monotonic() < deadline, f"jobs still pending: {pending}"
+            time.sleep(0.05)  # polling Redis, bounded by the deadline
+
     def wait_for_list(self, key: str, length: int, timeout: float = WAIT) -> list[str]:
         """Poll the list ``key`` until it holds ``length`` items; bounded."""
         deadline = time.monotonic() + timeout
@@ -193,7 +203,8 @@ def queue() -> str:
 
 @pytest.fixture
 def workers(redis_server: RedisServer, queue: str, tmp_path: Path) -> Iterator[Workers]:
-    started = Workers(redis_server, queue, tmp_path, idle_timeout_ms=1000)
+    # The default idle_timeout: a small one makes a slow machine deliver jobs twice.
+    started = Workers(redis_server, queue, tmp_path, idle_timeout_ms=600_000)
     try:
         yield started
     finally:

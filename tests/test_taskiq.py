@@ -8,6 +8,7 @@ polled with a deadline, never slept on.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -161,10 +162,20 @@ async def test_redis_down_after_route_gets_503_and_immediate_work_reaches_on_err
 
 
 async def test_a_worker_killed_mid_job_runs_it_again_on_another_worker(
-    redis_server: RedisServer, queue: str, workers: Workers
+    redis_server: RedisServer, queue: str, tmp_path: Path
 ) -> None:
     app, jobs = make_app(redis_server, queue)
+    workers = Workers(redis_server, queue, tmp_path, idle_timeout_ms=1000)
     workers.start(2)
+    try:
+        await _kill_one_mid_job(app, jobs, redis_server, workers)
+    finally:
+        workers.stop()
+
+
+async def _kill_one_mid_job(
+    app: FastAPI, jobs: taskiq_jobs.Jobs, redis_server: RedisServer, workers: Workers
+) -> None:
     async with run_lifespan(app):
         manager = get_task_manager(app)
         manager.schedule(jobs.crash_once, "crash")
@@ -212,7 +223,10 @@ async def test_500_requests_make_exactly_500_jobs_on_two_workers(
 
                 for n in range(500):
                     group.start_soon(post, n)
-    items = await wait_for_list(redis_server, "items", 500, within=WAIT * 2)
+    await wait_for_list(redis_server, "items", 500, within=WAIT * 2)
+    # Every job was acknowledged: none can be delivered again after this read.
+    await anyio.to_thread.run_sync(redis_server.wait_until_acknowledged, queue)
+    items = await wait_for_list(redis_server, "items", 500)
     values = [item.split("@")[0] for item in items]
     assert sorted(values, key=int) == [str(n) for n in range(500)]  # none lost, none twice
     pids = {item.split("@")[1] for item in items}
