@@ -24,6 +24,7 @@ from ._task import TaskState as TaskState
 from ._task import WaitReason as WaitReason
 from ._version import __version__ as __version__
 from .errors import FastAPITasksAlreadyInstalledError as FastAPITasksAlreadyInstalledError
+from .errors import FastAPITasksBrokerError as FastAPITasksBrokerError
 from .errors import FastAPITasksClosedError as FastAPITasksClosedError
 from .errors import FastAPITasksError as FastAPITasksError
 from .errors import FastAPITasksNotStartedError as FastAPITasksNotStartedError
@@ -32,6 +33,7 @@ from .errors import FastAPITasksWrongLoopError as FastAPITasksWrongLoopError
 
 __all__ = [
     "FastAPITasksAlreadyInstalledError",
+    "FastAPITasksBrokerError",
     "FastAPITasksClosedError",
     "FastAPITasksError",
     "FastAPITasksNotStartedError",

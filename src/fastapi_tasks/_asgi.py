@@ -10,6 +10,7 @@ app's own shutdown and the shutdown of every router, whenever it was included.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -94,5 +95,26 @@ class TasksMiddleware:
             await send(message)
 
         self._refresh_telemetry()
-        async with engine.lifespan():
-            await self.app(scope, receive_and_drain, send_and_watch)
+        if engine.broker is None:
+            async with engine.lifespan():
+                await self.app(scope, receive_and_drain, send_and_watch)
+            return
+        # With a broker, starting can fail (Redis unreachable, trio): answer the
+        # server's startup message with the reason, as Starlette does for its own.
+        startup = await receive()
+        replayed = False
+
+        async def replay_startup() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return startup
+            return await receive_and_drain()
+
+        async with AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(engine.lifespan())
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                raise
+            await self.app(scope, replay_startup, send_and_watch)

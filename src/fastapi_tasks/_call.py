@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
+import weakref
 from collections.abc import Callable, Mapping
 from types import CodeType, FunctionType, MethodType
 from typing import Any
@@ -130,6 +131,37 @@ def _option_hint(kwargs: Mapping[str, Any]) -> str:
     )
 
 
+def is_broker_job(fn: object) -> bool:
+    """Whether ``fn`` is a taskiq task (``@broker.task``), without importing taskiq.
+
+    Only a program that imported taskiq can hold one, so its absence from
+    ``sys.modules`` answers for every other program.
+    """
+    decor = sys.modules.get("taskiq.decor")
+    return decor is not None and isinstance(fn, decor.AsyncTaskiqDecoratedTask)
+
+
+_job_signatures: weakref.WeakKeyDictionary[Any, inspect.Signature] = weakref.WeakKeyDictionary()
+"""Signatures of jobs' functions, read once: ``inspect.signature`` is slow."""
+
+
+def _check_job_binding(job: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """A job's arguments must fit the function the worker will call."""
+    func = job.original_func
+    signature = _job_signatures.get(func)
+    if signature is None:
+        try:
+            signature = _job_signatures[func] = inspect.signature(func)
+        except (TypeError, ValueError):  # pragma: no cover - taskiq wraps Python functions
+            return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(
+            f"cannot schedule taskiq task {job.task_name!r}: {exc}{_option_hint(kwargs)}"
+        ) from None
+
+
 def _reject(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """The code object says the call cannot work; let inspect word why."""
     _check_binding(fn, args, kwargs)
@@ -179,8 +211,11 @@ def _check_function(
     return shape.is_async
 
 
-def check_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+def check_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool | None:
     """Validate ``fn(*args, **kwargs)`` without calling it; return whether ``fn`` is async.
+
+    ``None`` means ``fn`` is a broker's task (taskiq's ``@broker.task``): a job to
+    enqueue, never a function to call here.
 
     Raises ``TypeError`` for a non-callable, for a coroutine object passed instead
     of a function (the coroutine is closed so it does not warn), and for arguments
@@ -207,6 +242,9 @@ def check_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> boo
         )
     if not callable(fn):
         raise TypeError(f"schedule() needs a callable, got {fn!r} of type {kind.__qualname__}")
+    if is_broker_job(fn):
+        _check_job_binding(fn, args, kwargs)
+        return None
     _check_binding(fn, args, kwargs)
     target: object = fn
     while isinstance(target, functools.partial):

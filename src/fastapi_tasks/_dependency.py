@@ -21,11 +21,12 @@ from starlette.requests import HTTPConnection
 from starlette.types import Message, Receive, Send
 from starlette.websockets import WebSocketDisconnect
 
+from ._events import logger
 from ._fastapi_compat import on_endpoint_exit
 from ._manager import Engine, Scheduler, TaskManager
 from ._request import RequestInfo
 from ._runner import Chain
-from ._task import Work
+from ._task import BrokerWork, TaskState, Work
 from .errors import FastAPITasksUninitializedAppError
 
 __all__ = ["SCOPE_KEY", "RequestTasks", "Tasks"]
@@ -33,6 +34,15 @@ __all__ = ["SCOPE_KEY", "RequestTasks", "Tasks"]
 SCOPE_KEY = "fastapi_tasks"
 
 _OPEN, _STARTED, _DONE, _BROKEN = 0, 1, 2, 3
+
+SUCCEEDED = TaskState.SUCCEEDED
+
+REFUSED_BODY = b'{"detail":"Service Unavailable: background work could not be queued"}'
+"""The body of the 503 a request gets when its after-route jobs could not be enqueued."""
+
+
+async def _drop(message: Message) -> None:
+    """The app's ``send`` once its response was replaced: its messages go nowhere."""
 
 
 class RequestTasks(Scheduler):
@@ -47,6 +57,7 @@ class RequestTasks(Scheduler):
         "_after_route",
         "_client_left",
         "_failed",
+        "_gate",
         "_receive",
         "_scope",
         "_send",
@@ -74,6 +85,7 @@ class RequestTasks(Scheduler):
         self._watching = False
         self._client_left = False
         self.info: RequestInfo | None = None  # set while the manager has listeners
+        self._gate: list[BrokerWork] | None = None  # after-route jobs the response waits for
 
     def __repr__(self) -> str:
         return f"<Tasks of {self._scope.get('type')} {self._scope.get('path')!r}>"
@@ -172,6 +184,11 @@ class RequestTasks(Scheduler):
         waiting, self._after_route = self._after_route, None
         for work in waiting or ():
             self._engine.hand_over(work, self._target)
+            if isinstance(work, BrokerWork):
+                # Its enqueue must be complete before the response starts.
+                if self._gate is None:
+                    self._gate = []
+                self._gate.append(work)
 
     def _complete(self) -> None:
         self._stage = _DONE
@@ -211,6 +228,8 @@ class RequestTasks(Scheduler):
                 self._stage = _STARTED  # nothing waits: the common case, inline
             else:
                 self._response_starts(message)
+                if self._gate is not None:
+                    return self._send_gated(message)
         elif (kind == "http.response.body" and not message.get("more_body", False)) or (
             kind == "http.response.pathsend"
         ):
@@ -221,6 +240,43 @@ class RequestTasks(Scheduler):
                 return self._send_last(message)
             self._stage = _DONE
         return self._send(message)
+
+    async def _send_gated(self, message: Message) -> None:
+        """Start the response once its after-route jobs are enqueued, else answer 503.
+
+        A client must never see success for work that was not queued: if a job
+        could not be enqueued (after its retries), the response is replaced by a
+        503 and the app's own messages for it are dropped. The endpoint has run.
+        """
+        gate: list[BrokerWork] = self._gate  # type: ignore[assignment]
+        self._gate = None
+        for work in gate:
+            await work.wait()
+        refused = [work for work in gate if work.state is not SUCCEEDED]
+        if not refused:
+            await self._send(message)
+            return
+        logger.error(
+            "%s %s: answered 503 instead of the endpoint's response: after-route job(s) %s "
+            "could not be enqueued to %s",
+            self._scope.get("method"),
+            self._scope.get("path"),
+            ", ".join(f"{work.name} (id {work.id}, {work.state.value})" for work in refused),
+            refused[0].broker.name,
+        )
+        self._fail("its after-route work could not be enqueued")
+        send, self._send = self._send, _drop
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(REFUSED_BODY)).encode()),
+        ]
+        try:
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": REFUSED_BODY})
+        except BaseException:
+            self._break()
+            raise
+        self._complete()
 
     async def _send_last(self, message: Message) -> None:
         self._client_left = False

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple, cast
 
 from ._request import RequestInfo
-from ._task import Task, TaskState, Work
+from ._task import BrokerWork, Task, TaskState, Work
 
 __all__ = [
     "KINDS",
@@ -28,6 +28,7 @@ __all__ = [
     "current_task",
     "current_work",
     "log_discarded",
+    "log_enqueued",
     "log_failure",
     "log_retry",
     "log_succeeded",
@@ -258,3 +259,15 @@ def log_discarded(work: Work, reason: str) -> None:
 
 def log_succeeded(work: Work) -> None:
     logger.debug("task %s (id %s) succeeded", work.name, work.id, extra=log_extra(work))
+
+
+def log_enqueued(work: BrokerWork) -> None:
+    logger.debug(
+        "task %s (id %s, %s) enqueued to %s as job %s",
+        work.name,
+        work.id,
+        work.mode,
+        work.broker.name,
+        work.job_id,
+        extra=log_extra(work),
+    )

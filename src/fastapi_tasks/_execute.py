@@ -20,7 +20,7 @@ import anyio
 from ._call import is_async_callable
 from ._config import MAX_RETRY_DELAY
 from ._events import log_failure, logger, safe_repr
-from ._task import PENDING, Task, TaskState, Work
+from ._task import PENDING, BrokerWork, Task, TaskState, Work
 
 __all__ = ["Host", "execute", "retry_wait"]
 
@@ -39,6 +39,7 @@ class Host(Protocol):
     def span(self, task: Task[Any]) -> AbstractContextManager[None]: ...
     def mark_started(self, work: Work) -> None: ...
     def mark_retrying(self, work: Work, exc: BaseException, wait: float) -> None: ...
+    def mark_enqueued(self, work: BrokerWork) -> None: ...
     def settle(self, work: Work, state: TaskState) -> None: ...
     async def call_sync(
         self,
@@ -78,6 +79,8 @@ async def execute(work: Work, host: Host) -> None:
             work.result = await _run_attempts(work, host)
         elif work.is_async:
             work.result = await work.func(*work.args, **work.kwargs)
+        elif isinstance(work, BrokerWork):
+            await _enqueue(work, host)
         else:
             call = functools.partial(work.func, *work.args, **work.kwargs)
             work.result = await host.call_sync(work, call, None, None)
@@ -101,6 +104,8 @@ async def _attempt(work: Work, host: Host) -> Any:
     """One attempt with the options: limiter held and timeout counted over all of it."""
     config = work.config
     if not work.is_async:
+        if isinstance(work, BrokerWork):
+            return await _enqueue(work, host)
         # The thread keeps the limiter until it returns, even past a timeout; an
         # awaitable the function returns runs under the same limiter and timeout.
         call = functools.partial(work.func, *work.args, **work.kwargs)
@@ -111,6 +116,21 @@ async def _attempt(work: Work, host: Host) -> Any:
     async with config.limiter:
         work.blocked = None
         return await _call_async_timed(work)
+
+
+async def _enqueue(work: BrokerWork, host: Host) -> Any:
+    """One attempt of a job: hand it to the broker, as ``limiter`` and ``timeout`` allow."""
+    config = work.config
+    if config.limiter is None:
+        with anyio.fail_after(config.timeout):
+            job = await work.enqueue()
+    else:
+        async with config.limiter:
+            with anyio.fail_after(config.timeout):
+                job = await work.enqueue()
+    work.result = job
+    host.mark_enqueued(work)
+    return job
 
 
 async def _call_async_timed(work: Work) -> Any:

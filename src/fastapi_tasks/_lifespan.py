@@ -45,26 +45,29 @@ def add_tasks(
             pool Starlette uses for sync endpoints.
         shutdown_timeout: Seconds running work gets to finish at shutdown before
             unshielded work is cancelled.
-        broker: Reserved for distributed mode (taskiq workers over Redis), which
-            is not built yet: passing one raises ``NotImplementedError`` rather
-            than silently running the work in process.
+        broker: A taskiq ``AsyncBroker`` (first-class: ``taskiq_redis.RedisStreamBroker``).
+            Functions decorated with its ``@broker.task`` are then enqueued for
+            taskiq workers at their mode's moment instead of running here; plain
+            functions still run in process. The app's lifespan starts the broker
+            before the app's own startup and shuts it down after the drain. Needs
+            the ``fastapi-tasks[taskiq]`` extra; see the distributed guide.
 
     Raises:
         TypeError: ``app`` is not a FastAPI or Starlette application.
         FastAPITasksAlreadyInstalledError: ``add_tasks`` already ran on this app.
         RuntimeError: The app already started serving (its middleware stack is built).
-        NotImplementedError: A ``broker`` was given.
+        TypeError: ``broker`` is not a taskiq ``AsyncBroker``.
     """
     if not isinstance(cast("object", app), Starlette):  # untyped callers pass anything
         raise TypeError(
             f"add_tasks() needs a FastAPI or Starlette application, got {app!r} of type "
             f"{type(app).__qualname__}"
         )
+    adapter = None
     if broker is not None:
-        raise NotImplementedError(
-            "distributed mode (add_tasks(app, broker=...)) is not available in this release; "
-            "work runs in the web process"
-        )
+        from .taskiq import adapt_broker  # imports taskiq: only for apps with a broker
+
+        adapter = adapt_broker(broker)
     if app in _engines:
         raise FastAPITasksAlreadyInstalledError("add_tasks() was already called on this app")
     if app.middleware_stack is not None:
@@ -74,6 +77,7 @@ def add_tasks(
         max_concurrency=max_concurrency,
         max_threads=max_threads,
         shutdown_timeout=shutdown_timeout,
+        broker=adapter,
     )
     build_middleware_stack = app.build_middleware_stack
     metrics = MetricsSwitch(engine.manager)

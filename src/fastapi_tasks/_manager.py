@@ -9,6 +9,7 @@ get from ``add_tasks()``; ``Scheduler`` is the small value behind every
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import dataclasses
 import functools
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
 import anyio
 from typing_extensions import ParamSpec, Unpack
 
-from ._call import check_call
+from ._call import check_call, is_broker_job
 from ._config import TaskConfig, check_int, check_number
 from ._events import (
     EventKind,
@@ -31,6 +32,7 @@ from ._events import (
     Listeners,
     current_work,
     log_discarded,
+    log_enqueued,
     log_retry,
     log_succeeded,
     logger,
@@ -42,6 +44,8 @@ from ._runner import Chain, Runner, open_runner
 from ._task import (
     PENDING,
     RUNNING,
+    Broker,
+    BrokerWork,
     Event,
     Task,
     TaskMode,
@@ -49,14 +53,21 @@ from ._task import (
     TaskState,
     WaitReason,
     Work,
+    broker_label,
 )
 from ._threads import ThreadJob, WorkerThreads
-from .errors import FastAPITasksClosedError, FastAPITasksError, FastAPITasksNotStartedError
+from .errors import (
+    FastAPITasksBrokerError,
+    FastAPITasksClosedError,
+    FastAPITasksError,
+    FastAPITasksNotStartedError,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
 __all__ = [
+    "BrokerJob",
     "Deferrer",
     "Engine",
     "Scheduler",
@@ -136,6 +147,15 @@ class Deferrer(Protocol):
     def defer(self, work: Work) -> None: ...
 
 
+class BrokerJob(Protocol[P]):
+    """A task of a broker (taskiq's ``@broker.task``) as ``schedule()`` types it."""
+
+    task_name: str
+
+    def kicker(self) -> Any: ...
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
+
+
 class Scheduler:
     """Schedules work for one moment with one set of options.
 
@@ -162,6 +182,8 @@ class Scheduler:
         return self._config or self._engine.config
 
     @overload
+    def schedule(self, func: BrokerJob[P], /, *args: P.args, **kwargs: P.kwargs) -> Task[Any]: ...
+    @overload
     def schedule(
         self, func: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
     ) -> Task[R]: ...
@@ -174,8 +196,10 @@ class Scheduler:
         is always handed to the event loop that runs the app's lifespan.
 
         Args:
-            func: A coroutine function (runs on the event loop) or a plain function
-                (runs in one of the manager's worker threads).
+            func: A coroutine function (runs on the event loop), a plain function
+                (runs in one of the manager's worker threads), or a task of the
+                app's taskiq broker (``@broker.task``: enqueued for its workers at
+                this moment; the handle's ``result`` is taskiq's ``AsyncTaskiqTask``).
             *args: Positional arguments for ``func``.
             **kwargs: Keyword arguments for ``func``.
 
@@ -190,6 +214,8 @@ class Scheduler:
             FastAPITasksClosedError: The app's shutdown has begun.
             FastAPITasksWrongLoopError: Called from an event loop other than the
                 one that runs the app's lifespan.
+            FastAPITasksBrokerError: ``func`` is a taskiq task (``@broker.task``)
+                and ``add_tasks()`` got no broker, or another broker than its own.
         """
         return self._engine.submit(
             func,
@@ -231,6 +257,7 @@ class Engine:
         max_concurrency: int | None,
         max_threads: int,
         shutdown_timeout: float,
+        broker: Broker | None = None,
     ) -> None:
         if config is not None and not isinstance(cast("object", config), TaskConfig):
             raise TypeError(f"config must be a TaskConfig, got {config!r}")
@@ -243,6 +270,8 @@ class Engine:
         self.max_threads = max_threads
         self.shutdown_timeout = float(shutdown_timeout)
         self.phase = _NEW
+        self.broker = broker
+        self.broker_started = False
         self.runner: Runner | None = None
         self.threads: WorkerThreads | None = None
         self.tracer: Tracer | None = None
@@ -276,7 +305,13 @@ class Engine:
 
     # -- scheduling -------------------------------------------------------------
 
-    def refusal(self) -> FastAPITasksError:
+    def refusal(self, func: object = None) -> FastAPITasksError:
+        if self.phase != _NEW and is_broker_job(func):
+            # taskiq reconnects by itself after broker.shutdown(): refusing is ours to do.
+            return FastAPITasksClosedError(
+                f"cannot enqueue taskiq task {self.job_name(func)!r}: the app is shutting "
+                f"down, and its broker {self.broker_name()} is stopping or stopped"
+            )
         if self.phase == _NEW:
             return FastAPITasksNotStartedError(
                 "the task manager is not running: it starts with the app's lifespan, which "
@@ -291,15 +326,18 @@ class Engine:
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        is_async: bool,
+        is_async: bool | None,
         config: TaskConfig | None,
         mode: TaskMode,
         target: Any,
     ) -> Task[Any]:
         runner = self.runner
         if runner is None or self.phase != _RUNNING:
-            raise self.refusal()
-        work = Work(self, func, args, kwargs, config or self.config, mode, is_async)
+            raise self.refusal(func)
+        if is_async is None:  # a broker's task: a job to enqueue at its moment
+            work: Work = self.broker_work(func, args, kwargs, config or self.config, mode)
+        else:
+            work = Work(self, func, args, kwargs, config or self.config, mode, is_async)
         if runner.on_loop_thread():
             self.accept(work, target)
             return work
@@ -312,6 +350,35 @@ class Engine:
             self.in_transit.pop(work, None)
             raise self.refusal() from None
         return work
+
+    def broker_work(
+        self,
+        func: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        config: TaskConfig,
+        mode: TaskMode,
+    ) -> BrokerWork:
+        broker = self.broker
+        if broker is None:
+            raise FastAPITasksBrokerError(
+                f"cannot schedule taskiq task {self.job_name(func)!r}: it belongs to broker "
+                f"{broker_label(func.broker)}, but add_tasks() got no broker, so nothing "
+                "would enqueue it. Pass the broker: add_tasks(app, broker=broker)"
+            )
+        if not broker.owns(func):
+            raise FastAPITasksBrokerError(
+                f"cannot schedule taskiq task {self.job_name(func)!r}: it belongs to broker "
+                f"{broker_label(func.broker)}, not to this app's broker {broker.name}. "
+                "Decorate it with the app's broker (@broker.task)"
+            )
+        return BrokerWork(self, func, args, kwargs, config, mode, broker)
+
+    def job_name(self, func: Any) -> str:
+        return str(getattr(func, "task_name", None) or func)
+
+    def broker_name(self) -> str:
+        return "(none)" if self.broker is None else self.broker.name
 
     def arrive(self, work: Work, target: Any) -> None:
         """Work a thread scheduled reaches the loop."""
@@ -434,6 +501,12 @@ class Engine:
         if listeners is not None and listeners.retrying:
             listeners.publish("retrying", work, exc)
 
+    def mark_enqueued(self, work: BrokerWork) -> None:
+        if self.log_successes:
+            log_enqueued(work)
+        if self.listeners is not None:
+            self.listeners.publish("enqueued", work)
+
     def settle(self, work: Work, state: TaskState, reason: str = "") -> None:
         """Write the final state: the one place a task ends."""
         work.state = state
@@ -511,6 +584,8 @@ class Engine:
             raise
 
     async def call_again(self, work: Work) -> Any:
+        if isinstance(work, BrokerWork):
+            return await work.enqueue()  # "once more" for a job: enqueue it again
         if work.is_async:
             return await work.func(*work.args, **work.kwargs)
         call = functools.partial(work.func, *work.args, **work.kwargs)
@@ -557,6 +632,8 @@ class Engine:
     async def lifespan(self) -> AsyncGenerator[None, None]:
         if self.phase in (_RUNNING, _CLOSING):
             raise FastAPITasksError("this task manager is already running")
+        if self.broker is not None and not self.broker.is_worker:
+            refuse_other_loops(self.broker)  # before the runner: trio would wrap the error
         async with open_runner() as runner:
             self.runner = runner
             self.cancelled_exc = runner.cancelled_exc
@@ -568,6 +645,8 @@ class Engine:
             token = current_manager.set(self.manager)
             _running.append(self.manager)
             try:
+                if self.broker is not None:
+                    await self.start_broker(self.broker)
                 yield
             finally:
                 current_manager.reset(token)
@@ -577,6 +656,21 @@ class Engine:
                     threads.close()
                     self.threads = None
                     _running.remove(self.manager)
+
+    async def start_broker(self, broker: Broker) -> None:
+        """Start the broker before the app's own startup: jobs sent earlier could be lost."""
+        if broker.is_worker:
+            return  # a worker process runs its broker itself
+        await broker.startup()
+        self.broker_started = True
+
+    async def stop_broker(self, broker: Broker) -> None:
+        """Stop the broker once nothing of ours is in flight; a failure is logged."""
+        self.broker_started = False
+        try:
+            await broker.shutdown()
+        except Exception as exc:
+            logger.warning("the broker %s failed to shut down: %r", broker.name, exc, exc_info=exc)
 
     async def aclose(self) -> None:
         if self.phase != _RUNNING:
@@ -613,6 +707,20 @@ class Engine:
                 self.cancelled - before.cancelled,
                 self.discarded - before.discarded,
             )
+            if self.broker_started:
+                await self.stop_broker(self.broker)  # type: ignore[arg-type]
+
+
+def refuse_other_loops(broker: Broker) -> None:
+    """taskiq runs on asyncio only: say so at startup, not at the first enqueue."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise FastAPITasksBrokerError(
+            f"this app's broker {broker.name} is taskiq's, and taskiq runs on asyncio "
+            "only, but the app's lifespan runs on another event loop (trio). Serve the "
+            "app on asyncio, or call add_tasks() without a broker"
+        ) from None
 
 
 def _by_id(work: Work) -> int:

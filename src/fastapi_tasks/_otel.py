@@ -47,9 +47,12 @@ def task_span(tracer: Tracer, task: Task[Any]) -> Generator[None, None, None]:
     span is a child of the request's. After-response work is handed over once the
     response is complete and FastAPI has ended the request's span: it starts a new
     trace with a link to the request. Work scheduled outside a request (startup, a
-    CLI) has no request to tie to and starts a trace of its own.
+    CLI) has no request to tie to and starts a trace of its own. A job handed to a
+    broker gets a producer span.
     """
     from opentelemetry import context, trace
+
+    from ._task import BrokerWork
 
     links = None
     start_context = None
@@ -62,7 +65,9 @@ def task_span(tracer: Tracer, task: Task[Any]) -> Generator[None, None, None]:
         task.name,
         context=start_context,
         links=links,
-        kind=trace.SpanKind.INTERNAL,
+        # A job for a broker is a message sent: its span is a producer span, and
+        # the adapter adds the job id once it chose it.
+        kind=trace.SpanKind.PRODUCER if isinstance(task, BrokerWork) else trace.SpanKind.INTERNAL,
         attributes={"fastapi_tasks.id": task.id, "fastapi_tasks.mode": task.mode},
         record_exception=False,
         set_status_on_exception=False,

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "Broker",
+    "BrokerWork",
     "Event",
     "Owner",
     "Task",
@@ -37,6 +39,7 @@ __all__ = [
     "TaskState",
     "WaitReason",
     "Work",
+    "broker_label",
 ]
 
 R = TypeVar("R")
@@ -355,3 +358,71 @@ class Work(Task[Any]):
 
     async def __call__(self) -> Any:
         return await self.owner.call_again(self)
+
+
+def broker_label(broker: object) -> str:
+    """How messages name a broker: its class, and its queue when it has one."""
+    label = type(broker).__qualname__
+    queue = getattr(broker, "queue_name", None)
+    if isinstance(queue, str):
+        label += f" (queue {queue!r})"
+    return label
+
+
+class Broker(Protocol):
+    """What the core needs from a broker adapter (``fastapi_tasks.taskiq`` builds one).
+
+    The core never imports a broker library: it hands ``BrokerWork`` to ``enqueue``
+    and starts and stops the broker with the app's lifespan.
+    """
+
+    name: str
+    """How messages name the broker (its class and where it connects)."""
+
+    @property
+    def is_worker(self) -> bool:
+        """Whether the broker runs in a worker process: the app neither starts nor stops it."""
+        ...
+
+    def owns(self, func: object) -> bool: ...
+    def job_name(self, func: Any) -> str: ...
+    def job_id(self, job: Any) -> str | None: ...
+    async def enqueue(self, work: BrokerWork) -> Any: ...
+    async def startup(self) -> None: ...
+    async def shutdown(self) -> None: ...
+
+
+class BrokerWork(Work):
+    """Work that hands a job to a broker at its moment instead of running here.
+
+    Its attempt is the enqueue: retries, timeout, limiter and ``on_error`` apply to
+    it, and its result is what the broker returns for the job (taskiq's task).
+    """
+
+    __slots__ = ("broker",)
+
+    def __init__(
+        self,
+        owner: Owner,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        config: TaskConfig,
+        mode: TaskMode,
+        broker: Broker,
+    ) -> None:
+        super().__init__(owner, func, args, kwargs, config, mode, False)
+        self.broker = broker
+
+    @property
+    def name(self) -> str:
+        return self.config.name or self.broker.job_name(self.func)
+
+    @property
+    def job_id(self) -> str | None:
+        """The broker's id of the job; only once it was enqueued."""
+        return self.broker.job_id(self.result)
+
+    def enqueue(self) -> Any:
+        """The awaitable that sends the job (one attempt)."""
+        return self.broker.enqueue(self)

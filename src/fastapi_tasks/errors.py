@@ -8,7 +8,8 @@ single ``except FastAPITasksError`` catches them all::
     ├── FastAPITasksAlreadyInstalledError
     ├── FastAPITasksNotStartedError
     ├── FastAPITasksClosedError
-    └── FastAPITasksWrongLoopError
+    ├── FastAPITasksWrongLoopError
+    └── FastAPITasksBrokerError
 
 Wrong arguments to ``schedule()`` raise the built-in ``TypeError`` and invalid
 option values the built-in ``ValueError``, as Python's own APIs do.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "FastAPITasksAlreadyInstalledError",
+    "FastAPITasksBrokerError",
     "FastAPITasksClosedError",
     "FastAPITasksError",
     "FastAPITasksNotStartedError",
@@ -51,4 +53,13 @@ class FastAPITasksWrongLoopError(FastAPITasksError, RuntimeError):
 
     Work always runs on the lifespan's loop. A test setup that runs the lifespan on
     one loop and requests on another would otherwise wait forever.
+    """
+
+
+class FastAPITasksBrokerError(FastAPITasksError, RuntimeError):
+    """A job for a broker cannot be handed to this app's broker.
+
+    Raised by ``schedule()`` for a taskiq task when ``add_tasks()`` got no broker or
+    a different one, and when an app whose broker is taskiq's starts on trio
+    (taskiq runs on asyncio only).
     """
