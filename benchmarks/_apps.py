@@ -15,13 +15,18 @@ A variant is ``impl`` or ``impl-mode``:
                           ``none`` (``add_tasks`` but no ``Tasks`` parameter), ``unused``
                           (``Tasks`` parameter, nothing scheduled), ``immediate``,
                           ``after_route``, ``after_response``, ``all`` (one of each) or
-                          ``sync`` (one immediate ``def`` task)
+                          ``sync`` (one immediate ``def`` task); built by ``_library``
+``taskflow[-eager|-depends]``  fastapi-taskflow (in its own environment): ``add_task(work)``,
+                          ``add_task(work, eager=True)``, or ``add_task(work)`` on
+                          ``Depends(task_manager.get_tasks)``; built by ``_taskflow``
 ========================  ==================================================================
 
 Every endpoint schedules its work ``count`` times through the same ``fire`` closure,
 so all variants pay the same harness overhead. Finished work is counted by
 :data:`finished`, which is how drivers wait until the work of a request ran, with no
 help from the library under test (0.1.0 has no ``join()``).
+
+This module imports neither library: each environment has only one of them.
 """
 
 from __future__ import annotations
@@ -36,18 +41,22 @@ import anyio
 import anyio.abc
 from fastapi import BackgroundTasks, Depends, FastAPI, Request
 
-from fastapi_tasks import Tasks, add_tasks
-
 __all__ = [
     "LIBRARY_MODES",
+    "OK",
+    "Fire",
     "Probe",
+    "Work",
     "begun",
     "bind_loop",
     "build_app",
     "finished",
+    "new_app",
+    "noop_sync",
     "open_gate",
     "schedule_timings",
     "tasks_per_request",
+    "timed_fire",
 ]
 
 T = TypeVar("T")
@@ -55,7 +64,7 @@ Fire = Callable[[T], None]
 Work = Callable[[], Coroutine[Any, Any, None]]
 
 LIBRARY_MODES = ("none", "unused", "immediate", "after_route", "after_response", "all", "sync")
-_OK = {"ok": True}
+OK = {"ok": True}
 
 
 class Probe:
@@ -132,18 +141,20 @@ def tasks_per_request(variant: str, count: int = 1) -> int:
     return count * (3 if mode == "all" else 1)
 
 
-def _new_app(lifespan: Callable[[FastAPI], Any] | None = None) -> FastAPI:
+def new_app(lifespan: Callable[[FastAPI], Any] | None = None) -> FastAPI:
     # No docs routes: they would sit ahead of the measured route.
     return FastAPI(openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
 
 
-def _timed(fire: Fire[T]) -> Fire[T]:
-    def timed_fire(target: T) -> None:
+def timed_fire(fire: Fire[T]) -> Fire[T]:
+    """``fire``, recording the seconds each call takes in :data:`schedule_timings`."""
+
+    def timed(target: T) -> None:
         start = time.perf_counter()
         fire(target)
         schedule_timings.append(time.perf_counter() - start)
 
-    return timed_fire
+    return timed
 
 
 async def _running_loop() -> asyncio.AbstractEventLoop:
@@ -164,49 +175,6 @@ async def _group_lifespan(app: FastAPI) -> AsyncGenerator[dict[str, Any], None]:
 
 Loop = Annotated[asyncio.AbstractEventLoop, Depends(_running_loop)]
 Group = Annotated[anyio.abc.TaskGroup, Depends(_task_group)]
-
-
-def _library_fire(mode: str, work: Work, count: int) -> Fire[Tasks]:
-    if mode == "unused":
-
-        def fire(tasks: Tasks) -> None:
-            pass
-
-    elif mode == "immediate":
-
-        def fire(tasks: Tasks) -> None:
-            for _ in range(count):
-                tasks.schedule(work)
-
-    elif mode == "after_route":
-
-        def fire(tasks: Tasks) -> None:
-            for _ in range(count):
-                tasks.after_route.schedule(work)
-
-    elif mode == "after_response":
-
-        def fire(tasks: Tasks) -> None:
-            for _ in range(count):
-                tasks.after_response.schedule(work)
-
-    elif mode == "all":
-
-        def fire(tasks: Tasks) -> None:
-            for _ in range(count):
-                tasks.schedule(work)
-                tasks.after_route.schedule(work)
-                tasks.after_response.schedule(work)
-
-    elif mode == "sync":
-
-        def fire(tasks: Tasks) -> None:
-            for _ in range(count):
-                tasks.schedule(noop_sync)
-
-    else:
-        raise ValueError(f"unknown library mode {mode!r}")
-    return fire
 
 
 def _background_fire(mode: str, work: Work, count: int) -> Fire[BackgroundTasks]:
@@ -247,82 +215,73 @@ def build_app(variant: str, *, count: int = 1, work: str = "noop", timed: bool =
     job: Work = blocked if work == "blocked" else noop
 
     if impl == "bare":
-        app = _new_app()
+        app = new_app()
 
         @app.get("/")
         async def bare() -> dict[str, bool]:
-            return _OK
+            return OK
 
     elif impl == "depends":
-        app = _new_app()
+        app = new_app()
 
         @app.get("/")
         async def depends(loop: Loop) -> dict[str, bool]:
-            return _OK
+            return OK
 
     elif impl == "create_task":
-        app = _new_app()
+        app = new_app()
 
         def fire_create_task(loop: asyncio.AbstractEventLoop) -> None:
             for _ in range(count):
                 loop.create_task(job())
 
-        fire_loop = _timed(fire_create_task) if timed else fire_create_task
+        fire_loop = timed_fire(fire_create_task) if timed else fire_create_task
 
         @app.get("/")
         async def create_task(loop: Loop) -> dict[str, bool]:
             fire_loop(loop)
-            return _OK
+            return OK
 
     elif impl == "start_soon":
-        app = _new_app(_group_lifespan)
+        app = new_app(_group_lifespan)
 
         def fire_start_soon(group: anyio.abc.TaskGroup) -> None:
             for _ in range(count):
                 group.start_soon(job)
 
-        fire_group = _timed(fire_start_soon) if timed else fire_start_soon
+        fire_group = timed_fire(fire_start_soon) if timed else fire_start_soon
 
         @app.get("/")
         async def start_soon(group: Group) -> dict[str, bool]:
             fire_group(group)
-            return _OK
+            return OK
 
     elif impl == "background":
-        app = _new_app()
+        app = new_app()
         fire_background = _background_fire(mode, job, count)
         if timed:
-            fire_background = _timed(fire_background)
+            fire_background = timed_fire(fire_background)
 
         @app.get("/")
         async def background(background: BackgroundTasks) -> dict[str, bool]:
             fire_background(background)
-            return _OK
+            return OK
 
     elif impl in ("library", "monitor"):
-        app = _new_app()
-        add_tasks(app)
-        if mode == "none":
+        # Imported here: the fastapi-taskflow environment has no fastapi_tasks.
+        from ._library import build_library_app
 
-            @app.get("/")
-            async def library_none() -> dict[str, bool]:
-                return _OK
-
-        else:
-            fire_library = _library_fire(mode, job, count)
-            if timed:
-                fire_library = _timed(fire_library)
-
-            @app.get("/")
-            async def library(tasks: Tasks) -> dict[str, bool]:
-                fire_library(tasks)
-                return _OK
-
+        app = build_library_app(mode, job, count, timed)
         if impl == "monitor":
             # Imported here: the 0.1.0 environment has no monitor, and never builds this.
             from fastapi_tasks.monitor import monitor_router
 
             app.include_router(monitor_router(), prefix="/tasks")
+
+    elif impl == "taskflow":
+        from ._taskflow import build_taskflow_app
+
+        app = build_taskflow_app(mode, job, count, timed)
 
     else:
         raise ValueError(f"unknown variant {variant!r}")

@@ -28,7 +28,19 @@ LABELS = {
     "library-all": "all three modes, one task each",
     "library-sync": "`tasks.schedule(def_work)`",
     "monitor-immediate": "`tasks.schedule(work)`, monitor included and streaming",
+    "taskflow": "`install(app)`, `background_tasks.add_task(work)` (after the response)",
+    "taskflow-eager": "`install(app)`, `background_tasks.add_task(work, eager=True)` (at once)",
+    "taskflow-depends": "`tasks.add_task(work)`, `tasks` from `Depends(task_manager.get_tasks)`",
 }
+# How the rows measured in the other environments name them.
+ENVIRONMENTS = {
+    "0.1.0": "the 0.1.0 environment",
+    "taskflow": "the fastapi-taskflow environment",
+    "taskflow-install": "the fastapi-taskflow environment, patched by `install()`",
+}
+# Where an environment's ratios take their denominators from: the processes patched by
+# fastapi-taskflow's install() have no plain BackgroundTasks.
+REFERENCE_ENV = {"taskflow-install": "taskflow"}
 # The BackgroundTasks request doing the same amount of work as each variant.
 SAME_WORK = {
     "library-all": "background-all",
@@ -57,8 +69,12 @@ def _ratio(value: float, reference: float) -> str:
 
 
 def _shown(key: str, variant: str) -> bool:
-    """Whether a row appears: the other environment shows its library rows and its reference."""
-    return key == "current" or variant.startswith("library-") or variant == "background"
+    """Whether a row appears: the other environments show their library rows and references."""
+    if key == "current" or variant.startswith(("library-", "taskflow")):
+        return True
+    if key == "0.1.0":
+        return variant == "background"
+    return key == "taskflow" and variant in ("background", "create_task")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -71,8 +87,15 @@ class _Report:
     def __init__(self, results: dict[str, Any]) -> None:
         self.results = results
         machine = results["machine"]
-        self.versions = {
-            key: env["packages"]["fastapi-tasks"] for key, env in machine["environments"].items()
+        self.versions: dict[str, str] = {
+            key: env["packages"].get("fastapi-tasks", "")
+            for key, env in machine["environments"].items()
+        }
+        # Results from before fastapi-taskflow was a reference have no entry for it.
+        self.taskflow: dict[str, Any] = results.get("taskflow") or {
+            "version": "0.12.1",
+            "measured": False,
+            "note": "this run predates it",
         }
 
     def library(self, key: str) -> str:
@@ -82,9 +105,54 @@ class _Report:
     def label(self, key: str, variant: str) -> str:
         if variant.startswith(("library-", "monitor-")):
             return f"{self.library(key)}: {LABELS[variant]}"
+        if variant.startswith("taskflow"):
+            return f"fastapi-taskflow {self.taskflow['version']} (PyPI wheel): {LABELS[variant]}"
         if key != "current":
-            return f"{LABELS[variant]} — in the 0.1.0 environment"
+            return f"{LABELS[variant]} — in {ENVIRONMENTS[key]}"
         return LABELS[variant]
+
+    @property
+    def taskflow_measured(self) -> bool:
+        return bool(self.taskflow["measured"])
+
+    def taskflow_section(self) -> list[str]:
+        """What fastapi-taskflow's API was mapped to, or why it is missing."""
+        version = self.taskflow["version"]
+        note = self.taskflow["note"]
+        if not self.taskflow_measured:
+            return [
+                f"**fastapi-taskflow {version} was not measured in this run: {note}.** "
+                "Its rows are missing below.",
+                "",
+            ]
+        installed = (
+            "with the same FastAPI, Starlette, anyio and uvicorn versions"
+            if note is None
+            else f"where {note} (see the versions under Machine)"
+        )
+        return [
+            f"fastapi-taskflow {version}, the nearest in-process peer (retries, task records and "
+            f"a dashboard on top of `BackgroundTasks`), runs in a third virtual environment "
+            f"{installed}. Its API was mapped as follows. A process has one `TaskManager()` "
+            "with its defaults (in memory only, no loggers, no queues), started by "
+            "`task_manager.init_app(app)`; the no-op work is registered with "
+            "`@task_manager.task()` (no retries). As in its quick start, "
+            "`task_manager.install(app)` (what `TaskAdmin(..., auto_install=True)` does) makes "
+            "FastAPI inject its `ManagedBackgroundTasks` wherever an endpoint asks for "
+            "`BackgroundTasks`, whose `add_task(work)` appends a wrapper that runs after the "
+            "response: the counterpart of `tasks.after_response.schedule(work)`. "
+            "`add_task(work, eager=True)` starts it with `asyncio.create_task` at once: the "
+            "counterpart of `tasks.schedule(work)`. That patch is process-wide, so those two run "
+            "in processes of their own, and their ratios use the `BackgroundTasks` request "
+            "measured in the same environment without the patch (its processes build the "
+            "reference apps and fastapi-taskflow's, not ours). Its other pattern, "
+            "`Depends(task_manager.get_tasks)`, is measured too: `get_tasks` is a `def`, so "
+            "FastAPI calls it in a worker thread on every request. Measured: instructions per "
+            "request and the fan-out. Not measured: its persistence (`snapshot_db=` SQLite, or a "
+            "Redis, PostgreSQL or MySQL backend), retries, the `TaskAdmin` dashboard and "
+            "routes, and its named and priority queues.",
+            "",
+        ]
 
     # -- (a) -------------------------------------------------------------------------------
 
@@ -93,7 +161,8 @@ class _Report:
         return values
 
     def instruction_ratio(self, key: str, variant: str, reference: str = "background") -> float:
-        return _median(self.instructions(key, variant)) / _median(self.instructions(key, reference))
+        own = _median(self.instructions(REFERENCE_ENV.get(key, key), reference))
+        return _median(self.instructions(key, variant)) / own
 
     def instructions_section(self) -> list[str]:
         data = self.results["instructions"]
@@ -418,15 +487,27 @@ class _Report:
             _median(self.instructions("current", "depends"))
             - _median(self.instructions("current", "bare"))
         ) / _median(self.instructions("current", "background"))
+        # Where fastapi-taskflow has the counterpart of a mode.
+        peers = {
+            "library-immediate": ("taskflow-eager", "`add_task(work, eager=True)`"),
+            "library-after_response": ("taskflow", "`add_task(work)`"),
+        }
         for variant in MODES:
             ratio = self.instruction_ratio("current", variant)
             old = self.instruction_ratio("0.1.0", variant)
+            taskflow = ""
+            if variant in peers and self.taskflow_measured:
+                peer, call = peers[variant]
+                taskflow = (
+                    f"; fastapi-taskflow {call}: "
+                    f"{self.instruction_ratio('taskflow-install', peer):.2f}{X}"
+                )
             add(
                 f"request with one task, {LABELS[variant]}, {X} `BackgroundTasks` (instructions)",
                 f"≤ 1.35{X}",
                 f"{ratio:.2f}{X}",
                 f"0.1.0: {old:.2f}{X}; floor (dependency + `create_task`): {floor:.2f}{X}; "
-                f"FastAPI's dependency machinery alone: {dependency:.2f}{X}",
+                f"FastAPI's dependency machinery alone: {dependency:.2f}{X}{taskflow}",
                 ratio <= 1.35,
             )
         ratio = self.instruction_ratio("current", "library-all")
@@ -467,12 +548,18 @@ class _Report:
 
         raw = per_task("current:create_task")
         value = per_task("current:library-immediate")
+        taskflow = ""
+        if self.taskflow_measured:
+            taskflow = (
+                "; fastapi-taskflow `eager=True`: "
+                f"{per_task('taskflow-install:taskflow-eager'):.2f} µs / task"
+            )
         add(
             f"{tasks:,} no-op tasks from one request (immediate), all done, {X} `create_task`",
             f"≤ 2{X}",
             f"{value / raw:.2f}{X} ({value:.2f} vs {raw:.2f} µs / task)",
             f"anyio `start_soon`: {per_task('current:start_soon'):.2f} µs / task; 0.1.0: "
-            f"{per_task('0.1.0:library-immediate'):.2f} µs / task",
+            f"{per_task('0.1.0:library-immediate'):.2f} µs / task{taskflow}",
             value / raw <= 2,
         )
         if "current:monitor-immediate" in self.results["fanout"]["runs"]:
@@ -521,7 +608,8 @@ class _Report:
         ]
         for key, env in machine["environments"].items():
             packages = ", ".join(f"{name} {version}" for name, version in env["packages"].items())
-            lines.append(f"- {key} environment: Python {env['python']}; {packages}")
+            name = "fastapi-taskflow" if key == "taskflow" else key
+            lines.append(f"- {name} environment: Python {env['python']}; {packages}")
         lines += [
             f"- {machine['valgrind']}; {machine['wrk']}",
             f"- commit {machine['commit']}, {machine['date']}; the run took "
@@ -582,8 +670,9 @@ def render(results: dict[str, Any]) -> str:
         "",
         "What background work costs with this library, next to what a FastAPI user would "
         "otherwise reach for: Starlette's `BackgroundTasks`, a bare `loop.create_task`, an "
-        "anyio task group, and the older `fastapi-tasks` 0.1.0 from PyPI. `scripts/bench` "
-        "writes this page; run it again rather than editing the page by hand:",
+        "anyio task group, the older `fastapi-tasks` 0.1.0 from PyPI, and fastapi-taskflow "
+        "from PyPI. `scripts/bench` writes this page; run it again rather than editing the "
+        "page by hand:",
         "",
         "```console",
         "$ scripts/bench",
@@ -596,6 +685,7 @@ def render(results: dict[str, Any]) -> str:
         "measurements run in processes of their own, driven by the same harness "
         "(`benchmarks/worker.py`).",
         "",
+        *report.taskflow_section(),
         *TARGETS,
     ]
     if results.get("quick"):

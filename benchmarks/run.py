@@ -1,11 +1,13 @@
 """Run every benchmark side by side and write ``docs/benchmarks.md``; ``scripts/bench`` calls it.
 
 Each measurement runs in a fresh process (``benchmarks.worker``), in this repository's
-environment ("current") or in the one holding the ``fastapi-tasks`` 0.1.0 wheel
-("0.1.0"). Wall-time measurements are interleaved: every round runs every variant
-once, in a rotated order, so drift of a shared machine spreads over all of them.
-Instruction counts (cachegrind) are deterministic and run once per variant, two at a
-time.
+environment ("current"), in the one holding the ``fastapi-tasks`` 0.1.0 wheel
+("0.1.0"), or in the one holding fastapi-taskflow ("taskflow", and "taskflow-install"
+for its processes patched by its ``install()``: only its instructions per request and
+its fan-out; without it, the run goes on and the page says why).
+Wall-time measurements are interleaved: every round runs every variant once, in a
+rotated order, so drift of a shared machine spreads over all of them. Instruction
+counts (cachegrind) are deterministic and run once per variant, two at a time.
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ LIBRARY = [
 # in the same environment, and the processes of both build and warm the same apps (the
 # set of apps alive changes the cost of a request by a few percent, through the GC).
 VARIANTS = REFERENCES + LIBRARY
+# The fastapi-taskflow environment has no fastapi_tasks: its processes build the references
+# and its own apps. Those of TASKFLOW_INSTALLING patch FastAPI process-wide (every
+# BackgroundTasks becomes its own), so they run in processes of their own ("taskflow-install"),
+# where only they are measured; the references come from the processes without the patch.
+TASKFLOW = ["taskflow-depends"]
+TASKFLOW_INSTALLING = ["taskflow", "taskflow-eager"]
 MICRO = ["library-immediate", "library-after_route", "library-after_response"]
 MICRO_REFERENCES = ["create_task", "start_soon"]
 
@@ -183,28 +191,31 @@ def _cachegrind(
 
 
 def measure_instructions(
-    envs: dict[str, list[str]], all_envs: dict[str, Env], sizes: Sizes
+    envs: dict[str, tuple[list[str], list[str]]], all_envs: dict[str, Env], sizes: Sizes
 ) -> dict[str, Any]:
     """Instructions per request: (count at N requests - count at 0) / N, per variant.
 
-    Every process builds and warms the same apps, so the two counts differ only by
-    the N measured requests. The baseline runs twice to show the noise.
+    ``envs`` maps each environment to the variants its processes build and those of
+    them it measures. Every process of an environment builds and warms the same apps,
+    so the two counts differ only by the N measured requests. The baseline runs twice
+    to show the noise.
     """
     jobs: list[tuple[str, str, int]] = []
-    for key, variants in envs.items():
+    for key, (_, variants) in envs.items():
         jobs += [(key, "bare", 0), (key, "bare", 0)]
         jobs += [(key, name, sizes.count_requests) for name in variants]
     counts: dict[tuple[str, str, int], list[int]] = {}
 
     def one(number: int) -> int:
         key, name, requests = jobs[number]
-        return _cachegrind(all_envs[key], envs[key], name, requests, sizes.count_warmup, number)
+        built = envs[key][0]
+        return _cachegrind(all_envs[key], built, name, requests, sizes.count_warmup, number)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for job, total in zip(jobs, pool.map(one, range(len(jobs))), strict=True):
             counts.setdefault(job, []).append(total)
     result: dict[str, Any] = {}
-    for key, variants in envs.items():
+    for key, (_, variants) in envs.items():
         baselines = counts[(key, "bare", 0)]
         per_env: dict[str, Any] = {
             "baseline": baselines,
@@ -391,6 +402,30 @@ def _output(command: list[str]) -> str:
     return lines[0] if lines else ""
 
 
+_PACKAGES = (
+    "fastapi-tasks",
+    "fastapi-taskflow",
+    "fastapi",
+    "starlette",
+    "anyio",
+    "pydantic",
+    "uvicorn",
+    "python-multipart",
+)
+# Prints the Python version and the versions of those of _PACKAGES that are installed.
+_VERSIONS = f"""
+import json, sys
+from importlib.metadata import PackageNotFoundError, version
+packages = {{}}
+for name in {_PACKAGES!r}:
+    try:
+        packages[name] = version(name)
+    except PackageNotFoundError:
+        pass
+print(json.dumps({{"python": sys.version.split()[0], "packages": packages}}))
+"""
+
+
 def describe_machine(all_envs: dict[str, Env]) -> dict[str, Any]:
     cpu = "unknown"
     with open("/proc/cpuinfo") as cpuinfo:
@@ -398,13 +433,8 @@ def describe_machine(all_envs: dict[str, Env]) -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    script = (
-        "import sys, json; from importlib.metadata import version; "
-        "print(json.dumps({'python': sys.version.split()[0], 'packages': {name: version(name) "
-        "for name in ('fastapi-tasks', 'fastapi', 'starlette', 'anyio', 'pydantic', 'uvicorn')}}))"
-    )
     environments = {
-        key: json.loads(_output([env.python, "-c", script])) for key, env in all_envs.items()
+        key: json.loads(_output([env.python, "-c", _VERSIONS])) for key, env in all_envs.items()
     }
     dirty = _output(["git", "status", "--porcelain", "--untracked-files=no"])
     return {
@@ -424,6 +454,15 @@ def describe_machine(all_envs: dict[str, Env]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run")
     parser.add_argument("--old-python", required=True, help="python of the 0.1.0 environment")
+    parser.add_argument(
+        "--taskflow-python", default=None, help="python of the fastapi-taskflow environment"
+    )
+    parser.add_argument(
+        "--taskflow-version", default="0.12.1", help="the fastapi-taskflow version it holds"
+    )
+    parser.add_argument(
+        "--taskflow-note", default=None, help="how it was installed, or why it is missing"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument(
@@ -438,7 +477,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.report_only:
         results = json.loads(results_file.read_text())
     else:
-        results = run_all(args.old_python, QUICK if args.quick else FULL, args.quick)
+        taskflow = Taskflow(args.taskflow_version, args.taskflow_python, args.taskflow_note)
+        results = run_all(args.old_python, taskflow, QUICK if args.quick else FULL, args.quick)
         if args.started is not None:  # count the installs too
             results["seconds"] = time.time() - args.started
         results_file.write_text(json.dumps(results, indent=1))
@@ -448,17 +488,65 @@ def main(argv: list[str] | None = None) -> None:
     log(f"wrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
 
 
-def run_all(old_python: str, sizes: Sizes, quick: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Taskflow:
+    """The fastapi-taskflow reference: its version, its environment's python if there is one."""
+
+    version: str
+    python: str | None
+    note: str | None
+    """How it was installed when that matters, or why it is not there."""
+
+
+def check_taskflow(taskflow: Taskflow) -> str | None:
+    """Why fastapi-taskflow cannot be measured here, or ``None`` when it can."""
+    if taskflow.python is None:
+        return taskflow.note or "its environment was not built"
+    env = Env("taskflow", taskflow.python)
+    for variant in TASKFLOW + TASKFLOW_INSTALLING:
+        try:
+            run_worker(env, "fanout", "--variant", variant, "--tasks", "10", timeout=60)
+        except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as error:
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            return f"its {variant} app failed: {lines[-1] if lines else type(error).__name__}"
+    return None
+
+
+def run_all(old_python: str, taskflow: Taskflow, sizes: Sizes, quick: bool) -> dict[str, Any]:
     started = time.monotonic()
     envs = {"current": Env("current", sys.executable), "0.1.0": Env("0.1.0", old_python)}
-    results: dict[str, Any] = {"quick": quick, "machine": describe_machine(envs)}
+    skipped = check_taskflow(taskflow)
+    if skipped is None:
+        assert taskflow.python is not None
+        envs["taskflow"] = Env("taskflow", taskflow.python)
+    else:
+        log(f"fastapi-taskflow {taskflow.version} not measured: {skipped}")
+    results: dict[str, Any] = {
+        "quick": quick,
+        "machine": describe_machine(envs),
+        "taskflow": {
+            "version": taskflow.version,
+            "measured": skipped is None,
+            "note": taskflow.note if skipped is None else skipped,
+        },
+    }
+    measured: dict[str, tuple[list[str], list[str]]] = {}
+    with_taskflow: list[tuple[str, str]] = []
+    if skipped is None:
+        # The same environment, in processes where FastAPI is patched (see TASKFLOW_INSTALLING).
+        envs["taskflow-install"] = Env("taskflow-install", envs["taskflow"].python)
+        measured = {
+            "taskflow": (REFERENCES + TASKFLOW, ["create_task", "background", *TASKFLOW]),
+            "taskflow-install": (REFERENCES + TASKFLOW_INSTALLING, TASKFLOW_INSTALLING),
+        }
+        with_taskflow = [("taskflow-install", name) for name in TASKFLOW_INSTALLING]
 
     def step(name: str) -> None:
         log(f"{name} (at {time.monotonic() - started:.0f} s)")
 
     step("(a) instructions per request, cachegrind")
     results["instructions"] = measure_instructions(
-        {"current": VARIANTS, "0.1.0": VARIANTS}, envs, sizes
+        {"current": (VARIANTS, VARIANTS), "0.1.0": (VARIANTS, VARIANTS), **measured}, envs, sizes
     )
     step("(a) wall time per request and schedule() calls")
     results["inprocess"] = measure_inprocess(
@@ -497,6 +585,7 @@ def run_all(old_python: str, sizes: Sizes, quick: bool) -> dict[str, Any]:
             ("current", "library-after_response"),
             ("0.1.0", "library-immediate"),
             ("0.1.0", "library-after_response"),
+            *with_taskflow,
         ],
         envs,
         sizes,

@@ -1,8 +1,9 @@
 """One measurement in a process of its own; started by ``benchmarks.run``, prints JSON.
 
-Runs in this repository's environment and in the one holding ``fastapi-tasks`` 0.1.0
-(``python -m benchmarks.worker`` from the repository root; ``src/`` is not on the
-path there, so ``fastapi_tasks`` is whatever that environment installed).
+Runs in this repository's environment, in the one holding ``fastapi-tasks`` 0.1.0 and
+in the one holding fastapi-taskflow (``python -m benchmarks.worker`` from the
+repository root; ``src/`` is not on the path there, so ``fastapi_tasks`` is whatever
+that environment installed, if anything).
 
 Commands:
 
@@ -31,7 +32,7 @@ import resource
 import socket
 import sys
 import time
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from starlette.types import Message
@@ -53,8 +54,16 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _installed(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def _emit(result: dict[str, Any]) -> None:
-    result["fastapi_tasks"] = version("fastapi-tasks")
+    result["fastapi_tasks"] = _installed("fastapi-tasks")
+    result["fastapi_taskflow"] = _installed("fastapi-taskflow")
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
 
