@@ -406,7 +406,7 @@ class _Report:
         ]
         return [
             "",
-            "## (e) The monitor's cost (SPEC section 13)",
+            "## (e) The monitor's cost",
             "",
             f"The fan-out of (c), {tasks:,} no-op tasks from one request, with the monitor "
             "included (`monitor_router()`: its state listens to every finished task) and one "
@@ -565,7 +565,7 @@ class _Report:
         if "current:monitor-immediate" in self.results["fanout"]["runs"]:
             monitored = per_task("current:monitor-immediate")
             add(
-                f"{tasks:,} no-op tasks with the monitor included, {X} without (section 13)",
+                f"{tasks:,} no-op tasks with the monitor included, {X} without",
                 f"≤ 1.15{X}",
                 f"{monitored / value:.2f}{X} ({monitored:.2f} vs {value:.2f} µs / task)",
                 "the stream's rate: see (e)",
