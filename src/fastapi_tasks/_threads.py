@@ -59,14 +59,24 @@ class WorkerThreads:
             if item is None:
                 return
             future, func, args = item
-            if future.set_running_or_notify_cancel():
+            del item
+            failure: BaseException | None = None
+            result: Any = None
+            ran = future.set_running_or_notify_cancel()
+            if ran:
                 try:
                     result = func(*args)
                 except BaseException as exc:  # SystemExit too: it belongs to the work
-                    future.set_exception(exc)
-                else:
+                    failure = exc
+            # Let go of the call before the loop learns it is done: the loop may go on
+            # (and find the work finished) before this thread runs another line.
+            del func, args
+            if ran:
+                if failure is None:
                     future.set_result(result)
-            del item, future, func, args
+                else:
+                    future.set_exception(failure)
+            del future, failure, result
             self._idle.release()
 
     def close(self) -> None:
@@ -105,7 +115,9 @@ class ThreadJob:
     def __init__(self, loop: _Loop, limiter: anyio.CapacityLimiter | None, work: Work) -> None:
         self._loop = loop
         self._limiter = limiter
-        self._work = work  # told what the call waits for (Task.waiting_for)
+        # Told what the call waits for (Task.waiting_for); let go once the caller left,
+        # so a thread that is slow to drop this job never keeps the work alive.
+        self._work: Work | None = work
         self._holding = False
         self._caller_left = False
         self.started = loop.new_event()
@@ -153,7 +165,7 @@ class ThreadJob:
         on: ``finished`` tells when its thread is free again.
         """
         limiter = self._limiter
-        work = self._work
+        work = cast("Work", self._work)
         future: Future[Any] | None = None
         try:
             if limiter is not None:
@@ -181,6 +193,7 @@ class ThreadJob:
                 raise
         finally:
             work.blocked = None
+            self._work = None
             self._caller_left = True
             # A thread still running keeps the token until it returns (_settle).
             if future is None or not self.ran or self.finished.is_set():
