@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from ._dependency import SCOPE_KEY, RequestTasks
-from ._manager import Engine, current_manager
+from ._manager import Engine, current_scope
 from ._request import RequestInfo, current_request
 
 __all__ = ["TasksMiddleware"]
@@ -49,7 +49,7 @@ class TasksMiddleware:
         tasks = RequestTasks(engine, scope, receive, send)
         scope[SCOPE_KEY] = tasks
         # Always: get_task_manager() must tell the apps apart however many run.
-        token = current_manager.set(engine.manager)
+        token = current_scope.set(tasks)
         request_token = None
         if engine.listeners is not None:
             # Listeners learn which request scheduled each task and when its response
@@ -72,7 +72,7 @@ class TasksMiddleware:
         finally:
             if request_token is not None:
                 current_request.reset(request_token)
-            current_manager.reset(token)
+            current_scope.reset(token)
             # The scope and the scheduler refer to each other; breaking the cycle lets
             # reference counting free both now instead of leaving them to the cyclic
             # garbage collector (which, run per request, costs more than all the rest).
@@ -92,15 +92,18 @@ class TasksMiddleware:
             if message["type"] == "lifespan.startup.complete":
                 # The app's own startup may have just set the global tracer or meter provider.
                 self._refresh_telemetry()
+                # Unfinished durable work from the journal runs once the app is ready.
+                engine.resume()
             await send(message)
 
         self._refresh_telemetry()
-        if engine.broker is None:
+        if engine.broker is None and engine.journal is None:
             async with engine.lifespan():
                 await self.app(scope, receive_and_drain, send_and_watch)
             return
-        # With a broker, starting can fail (Redis unreachable, trio): answer the
-        # server's startup message with the reason, as Starlette does for its own.
+        # With a broker or a journal, starting can fail (Redis unreachable, trio, a
+        # damaged journal file): answer the server's startup message with the reason,
+        # as Starlette does for its own.
         startup = await receive()
         replayed = False
 

@@ -72,6 +72,9 @@ class TaskConfig:
         limiter: An ``anyio.CapacityLimiter`` the work holds while it runs.
         run_on_failure: After-route or after-response work that still runs when
             the endpoint raised or the response could not be completed.
+        durable: Record the work in the app's journal (``add_tasks(journal=...)``)
+            before it runs, so it runs again after a crash or restart until it
+            finished; see the durable work guide.
 
     Derive configs with [`merge()`][fastapi_tasks.TaskConfig.merge] (or ``task(...)``),
     not ``dataclasses.replace()``: ``replace`` passes every field back in, so all of
@@ -88,10 +91,11 @@ class TaskConfig:
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = _UNSET
     limiter: anyio.CapacityLimiter | None = _UNSET
     run_on_failure: bool | None = _UNSET
+    durable: bool | None = _UNSET
     # Compared too: TaskConfig(timeout=None) and TaskConfig() merge differently.
     _given: frozenset[str] = dataclasses.field(default=frozenset(), init=False, repr=False)
     plain: bool = dataclasses.field(default=True, init=False, compare=False, repr=False)
-    """Whether no ``timeout``, ``retries`` or ``limiter`` applies (the fast path)."""
+    """Whether no ``timeout``, ``retries``, ``limiter`` or ``durable`` applies (the fast path)."""
 
     def __post_init__(self) -> None:
         given: list[str] = []
@@ -104,7 +108,12 @@ class TaskConfig:
                 if value is not None:
                     _validate(field, value)
         object.__setattr__(self, "_given", frozenset(given))
-        plain = self.timeout is None and not self.retries and self.limiter is None
+        plain = (
+            self.timeout is None
+            and not self.retries
+            and self.limiter is None
+            and not self.durable
+        )
         object.__setattr__(self, "plain", plain)
 
     def __repr__(self) -> str:
@@ -143,7 +152,7 @@ def _validate(field: str, value: object) -> None:
     if field == "name":
         if not isinstance(value, str) or not value:
             raise ValueError(f"name must be a non-empty string, got {value!r}")
-    elif field in ("shield", "run_on_failure"):
+    elif field in ("shield", "run_on_failure", "durable"):
         if not isinstance(value, bool):
             raise ValueError(f"{field} must be True, False or None, got {value!r}")
     elif field == "on_error":

@@ -38,7 +38,8 @@ _OPEN, _STARTED, _DONE, _BROKEN = 0, 1, 2, 3
 SUCCEEDED = TaskState.SUCCEEDED
 
 REFUSED_BODY = b'{"detail":"Service Unavailable: background work could not be queued"}'
-"""The body of the 503 a request gets when its after-route jobs could not be enqueued."""
+"""The body of the 503 a request gets when work it scheduled could not be queued:
+after-route jobs not enqueued to the broker, durable work not recorded in the journal."""
 
 
 async def _drop(message: Message) -> None:
@@ -85,7 +86,9 @@ class RequestTasks(Scheduler):
         self._watching = False
         self._client_left = False
         self.info: RequestInfo | None = None  # set while the manager has listeners
-        self._gate: list[BrokerWork] | None = None  # after-route jobs the response waits for
+        # What the response waits for: after-route jobs to be enqueued, durable work
+        # (immediate and after-route) to be recorded in the journal.
+        self._gate: list[Work] | None = None
 
     def __repr__(self) -> str:
         return f"<Tasks of {self._scope.get('type')} {self._scope.get('path')!r}>"
@@ -165,6 +168,18 @@ class RequestTasks(Scheduler):
                 self._engine.discard(work, reason)
         return keep
 
+    def hold(self, work: Work) -> bool:
+        """Durable immediate work: the response, if it has not started, waits for its record."""
+        if self._stage != _OPEN or self._scope["type"] != "http":
+            return False
+        self._wait_for(work)
+        return True
+
+    def _wait_for(self, work: Work) -> None:
+        if self._gate is None:
+            self._gate = []
+        self._gate.append(work)
+
     def _settle_broken(self, work: Work) -> None:
         if work.config.run_on_failure:
             self._engine.hand_over(work, self._target)
@@ -182,13 +197,14 @@ class RequestTasks(Scheduler):
         """The response starts (or the handler ended without one): hand after-route work over."""
         self._stage = _STARTED
         waiting, self._after_route = self._after_route, None
+        engine = self._engine
         for work in waiting or ():
-            self._engine.hand_over(work, self._target)
+            if work.entry is not None and self._scope["type"] == "http":
+                engine.record(work, held=True)  # on disk before the response starts
+                self._wait_for(work)
+            engine.hand_over(work, self._target)
             if isinstance(work, BrokerWork):
-                # Its enqueue must be complete before the response starts.
-                if self._gate is None:
-                    self._gate = []
-                self._gate.append(work)
+                self._wait_for(work)  # enqueued before the response starts
 
     def _complete(self) -> None:
         self._stage = _DONE
@@ -224,7 +240,7 @@ class RequestTasks(Scheduler):
             if info is not None:
                 info.response_started = time.time()
                 info.status = message.get("status")
-            if self._after_route is None and self._after_response is None:
+            if self._after_route is None and self._after_response is None and self._gate is None:
                 self._stage = _STARTED  # nothing waits: the common case, inline
             else:
                 self._response_starts(message)
@@ -242,29 +258,40 @@ class RequestTasks(Scheduler):
         return self._send(message)
 
     async def _send_gated(self, message: Message) -> None:
-        """Start the response once its after-route jobs are enqueued, else answer 503.
+        """Start the response once the work it waits for is queued, else answer 503.
 
-        A client must never see success for work that was not queued: if a job
-        could not be enqueued (after its retries), the response is replaced by a
-        503 and the app's own messages for it are dropped. The endpoint has run.
+        A client must never see success for work that was not queued: if an
+        after-route job could not be enqueued (after its retries), or durable work
+        could not be recorded in the journal, the response is replaced by a 503 and
+        the app's own messages for it are dropped. The endpoint has run.
         """
-        gate: list[BrokerWork] = self._gate  # type: ignore[assignment]
+        gate: list[Work] = self._gate  # type: ignore[assignment]
         self._gate = None
+        engine = self._engine
+        refused: list[str] = []
         for work in gate:
-            await work.wait()
-        refused = [work for work in gate if work.state is not SUCCEEDED]
+            if isinstance(work, BrokerWork):
+                await work.wait()
+                if work.state is not SUCCEEDED:
+                    refused.append(
+                        f"after-route job {work.name} (id {work.id}, {work.state.value}) "
+                        f"could not be enqueued to {work.broker.name}"
+                    )
+            elif not await engine.is_recorded(work):
+                refused.append(
+                    f"durable task {work.name} (id {work.id}) could not be recorded in the "
+                    f"journal {engine.journal_name}"
+                )
         if not refused:
             await self._send(message)
             return
         logger.error(
-            "%s %s: answered 503 instead of the endpoint's response: after-route job(s) %s "
-            "could not be enqueued to %s",
+            "%s %s: answered 503 instead of the endpoint's response: %s",
             self._scope.get("method"),
             self._scope.get("path"),
-            ", ".join(f"{work.name} (id {work.id}, {work.state.value})" for work in refused),
-            refused[0].broker.name,
+            "; ".join(refused),
         )
-        self._fail("its after-route work could not be enqueued")
+        self._fail("work it scheduled could not be queued")
         send, self._send = self._send, _drop
         headers = [
             (b"content-type", b"application/json"),

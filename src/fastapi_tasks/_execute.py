@@ -40,6 +40,8 @@ class Host(Protocol):
     def mark_started(self, work: Work) -> None: ...
     def mark_retrying(self, work: Work, exc: BaseException, wait: float) -> None: ...
     def mark_enqueued(self, work: BrokerWork) -> None: ...
+    def retryable(self, work: Work) -> bool: ...
+    async def journal_attempt(self, work: Work) -> None: ...
     def settle(self, work: Work, state: TaskState) -> None: ...
     async def call_sync(
         self,
@@ -145,10 +147,14 @@ async def _run_attempts(work: Work, host: Host) -> Any:
     retries = config.retries or 0
     while True:
         try:
+            if work.entry is not None:  # durable: on disk before it runs, attempt counted
+                await host.journal_attempt(work)
             return await _attempt(work, host)
         except Exception as exc:
-            if work.attempts > retries or (
-                config.retry_on is not None and not isinstance(exc, config.retry_on)
+            if (
+                work.attempts > retries
+                or (config.retry_on is not None and not isinstance(exc, config.retry_on))
+                or (work.entry is not None and not host.retryable(work))
             ):
                 raise
             wait = retry_wait(work)

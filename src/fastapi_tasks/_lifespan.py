@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import weakref
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
@@ -15,6 +16,9 @@ from ._manager import Engine, TaskManager, find_current_manager
 from ._metrics import MetricsSwitch
 from ._otel import tracer_from_telemetry
 from .errors import FastAPITasksAlreadyInstalledError, FastAPITasksUninitializedAppError
+
+if TYPE_CHECKING:
+    from .journal import SQLiteJournal
 
 __all__ = ["add_tasks", "get_task_manager"]
 
@@ -29,6 +33,7 @@ def add_tasks(
     max_threads: int = 40,
     shutdown_timeout: float = 0.0,
     broker: Any | None = None,
+    journal: str | os.PathLike[str] | SQLiteJournal | None = None,
 ) -> TaskManager:
     """Give ``app`` a task manager and return it.
 
@@ -51,12 +56,18 @@ def add_tasks(
             functions still run in process. The app's lifespan starts the broker
             before the app's own startup and shuts it down after the drain. Needs
             the ``fastapi-tasks[taskiq]`` extra; see the distributed guide.
+        journal: Where durable work (``task(durable=True)``) is recorded so it
+            survives crashes and restarts: a file path (an SQLite file, created if
+            missing) or a [`SQLiteJournal`][fastapi_tasks.journal.SQLiteJournal] with
+            its options. The file is opened (and checked) when the app starts; see
+            the durable work guide.
 
     Raises:
         TypeError: ``app`` is not a FastAPI or Starlette application.
         FastAPITasksAlreadyInstalledError: ``add_tasks`` already ran on this app.
         RuntimeError: The app already started serving (its middleware stack is built).
-        TypeError: ``broker`` is not a taskiq ``AsyncBroker``.
+        TypeError: ``broker`` is not a taskiq ``AsyncBroker``, or ``journal`` is
+            neither a path nor an ``SQLiteJournal``.
     """
     if not isinstance(cast("object", app), Starlette):  # untyped callers pass anything
         raise TypeError(
@@ -68,6 +79,19 @@ def add_tasks(
         from .taskiq import adapt_broker  # imports taskiq: only for apps with a broker
 
         adapter = adapt_broker(broker)
+    store = None
+    if journal is not None:
+        from .journal import SQLiteJournal  # sqlite3 and the codec: only for apps with one
+
+        if isinstance(journal, (str, os.PathLike)):
+            store = SQLiteJournal(cast("str | os.PathLike[str]", journal))
+        elif isinstance(journal, SQLiteJournal):
+            store = journal
+        else:
+            raise TypeError(
+                f"journal must be a file path or an SQLiteJournal, got {journal!r} of type "
+                f"{type(journal).__qualname__}"
+            )
     if app in _engines:
         raise FastAPITasksAlreadyInstalledError("add_tasks() was already called on this app")
     if app.middleware_stack is not None:
@@ -78,6 +102,7 @@ def add_tasks(
         max_threads=max_threads,
         shutdown_timeout=shutdown_timeout,
         broker=adapter,
+        journal=store,
     )
     build_middleware_stack = app.build_middleware_stack
     metrics = MetricsSwitch(engine.manager)

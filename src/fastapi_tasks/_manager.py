@@ -47,6 +47,8 @@ from ._task import (
     Broker,
     BrokerWork,
     Event,
+    Journal,
+    Revived,
     Task,
     TaskMode,
     TaskOptions,
@@ -60,6 +62,7 @@ from .errors import (
     FastAPITasksBrokerError,
     FastAPITasksClosedError,
     FastAPITasksError,
+    FastAPITasksJournalError,
     FastAPITasksNotStartedError,
 )
 
@@ -73,7 +76,8 @@ __all__ = [
     "Scheduler",
     "TaskManager",
     "TaskStats",
-    "current_manager",
+    "Scope",
+    "current_scope",
     "find_current_manager",
 ]
 
@@ -85,10 +89,34 @@ FAILED = TaskState.FAILED
 CANCELLED = TaskState.CANCELLED
 DISCARDED = TaskState.DISCARDED
 
-current_manager: contextvars.ContextVar[TaskManager | None] = contextvars.ContextVar(
-    "fastapi_tasks_manager", default=None
+class Scope(Protocol):
+    """What code runs for: one of an app's requests, or the app's lifespan."""
+
+    @property
+    def manager(self) -> TaskManager: ...
+
+    def hold(self, work: Work) -> bool:
+        """Durable work scheduled now: whether a response not started yet waits for its record."""
+        ...
+
+
+class AppScope:
+    """The lifespan's scope: startup code, and work scheduled outside requests."""
+
+    __slots__ = ("manager",)
+
+    def __init__(self, manager: TaskManager) -> None:
+        self.manager = manager
+
+    def hold(self, work: Work) -> bool:
+        """No response to hold back outside a request."""
+        return False
+
+
+current_scope: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
+    "fastapi_tasks_scope", default=None
 )
-"""The manager of the app whose lifespan or request this code runs in."""
+"""The request (or else the app's lifespan) this code runs for; its ``manager`` is the app's."""
 
 SHIELD_WARNING_INTERVAL = 5.0
 """Seconds between the WARNING lines naming shielded work that holds shutdown."""
@@ -103,10 +131,12 @@ def find_current_manager() -> TaskManager | None:
     if work is not None:
         found: TaskManager = work.owner.manager
         return found
-    manager = current_manager.get()
-    if manager is None and len(_running) == 1:
-        manager = _running[0]
-    return manager
+    scope = current_scope.get()
+    if scope is not None:
+        return scope.manager
+    if len(_running) == 1:
+        return _running[0]
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +288,7 @@ class Engine:
         max_threads: int,
         shutdown_timeout: float,
         broker: Broker | None = None,
+        journal: Journal | None = None,
     ) -> None:
         if config is not None and not isinstance(cast("object", config), TaskConfig):
             raise TypeError(f"config must be a TaskConfig, got {config!r}")
@@ -272,6 +303,8 @@ class Engine:
         self.phase = _NEW
         self.broker = broker
         self.broker_started = False
+        self.journal = journal
+        self.journal_open = False
         self.runner: Runner | None = None
         self.threads: WorkerThreads | None = None
         self.tracer: Tracer | None = None
@@ -334,10 +367,13 @@ class Engine:
         runner = self.runner
         if runner is None or self.phase != _RUNNING:
             raise self.refusal(func)
+        config = config or self.config
         if is_async is None:  # a broker's task: a job to enqueue at its moment
-            work: Work = self.broker_work(func, args, kwargs, config or self.config, mode)
+            work: Work = self.broker_work(func, args, kwargs, config, mode)
         else:
-            work = Work(self, func, args, kwargs, config or self.config, mode, is_async)
+            work = Work(self, func, args, kwargs, config, mode, is_async)
+            if config.durable:
+                self.make_durable(work)
         if runner.on_loop_thread():
             self.accept(work, target)
             return work
@@ -374,6 +410,15 @@ class Engine:
             )
         return BrokerWork(self, func, args, kwargs, config, mode, broker)
 
+    def make_durable(self, work: Work) -> None:
+        journal = self.journal
+        if journal is None:
+            raise FastAPITasksJournalError(
+                f"cannot schedule {work.name} with durable=True: this app has no journal. "
+                "Give it one: add_tasks(app, journal='tasks.db')"
+            )
+        journal.prepare(work)
+
     def job_name(self, func: Any) -> str:
         return str(getattr(func, "task_name", None) or func)
 
@@ -400,6 +445,8 @@ class Engine:
             if listeners.scheduled:
                 listeners.publish("scheduled", work, None, work.scheduled_at)
         if work.mode == "immediate":
+            if work.entry is not None:
+                self.record(work)
             if self.max_concurrency is None and self.phase == _RUNNING:
                 self.live[work] = None  # the common case of hand_over(), inline
                 self.runner.start(work, execute(work, self), target)  # type: ignore[union-attr]
@@ -417,10 +464,17 @@ class Engine:
         if work.state is not PENDING:  # cancelled while it waited for its moment
             return
         if self.phase != _RUNNING:
+            if work.entry is not None and self.journal_open:
+                # Its moment came during shutdown: recorded, it runs after the restart.
+                self.journal.record(work, False)  # type: ignore[union-attr]
+                self.settle(work, CANCELLED)
+                return
             self.discard(work, "the app was shutting down")
             return
         if self.deferred:
             self.deferred.pop(work, None)
+        if work.entry is not None and work.mode != "immediate":
+            self.journal.record(work, False)  # type: ignore[union-attr]
         self.live[work] = None
         limit = self.max_concurrency
         if limit is None:  # no slots to count
@@ -443,8 +497,21 @@ class Engine:
         if work.state is PENDING:
             self.settle(work, DISCARDED, reason)
 
+    def record(self, work: Work, held: bool | None = None) -> None:
+        """Queue durable work's row; the response of its request may wait for it (``held``).
+
+        Immediate work is held when a request's response has not started yet.
+        """
+        if held is None:
+            context = work.context
+            scope = current_scope.get() if context is None else context.get(current_scope)
+            held = scope is not None and scope.hold(work)
+        self.journal.record(work, held)  # type: ignore[union-attr]
+
     def cancel(self, work: Work) -> None:
         """``Task.cancel()``, from any thread."""
+        if work.entry is not None:
+            self.journal.note_cancelled(work)  # type: ignore[union-attr]
         runner = self.runner
         if runner is None or runner.on_loop_thread():
             self.cancel_now(work)
@@ -533,6 +600,8 @@ class Engine:
             self.start_waiting()
         if work.done_event is not None:
             work.done_event.set()
+        if work.entry is not None and self.journal_open:
+            self.journal.finish(work, self.phase != _RUNNING)  # type: ignore[union-attr]
         if state is SUCCEEDED:
             if self.log_successes:
                 log_succeeded(work)
@@ -582,6 +651,65 @@ class Engine:
                     what,
                 )
             raise
+
+    async def journal_attempt(self, work: Work) -> None:
+        """An attempt of durable work begins: its row must be on disk first, then counted."""
+        journal: Journal = self.journal  # type: ignore[assignment]
+        if not journal.is_recorded(work):
+            await journal.wait_recorded(work)
+        journal.note_attempt(work)
+
+    @property
+    def journal_name(self) -> str:
+        return "(none)" if self.journal is None else self.journal.name
+
+    async def is_recorded(self, work: Work) -> bool:
+        """Wait for durable work's commit; whether it landed."""
+        try:
+            await self.journal.wait_recorded(work)  # type: ignore[union-attr]
+        except FastAPITasksJournalError:
+            return False
+        return True
+
+    def retryable(self, work: Work) -> bool:
+        """Whether a failed attempt of durable work may be retried.
+
+        Not when its record failed while a response waited for it: that request
+        was answered 503, and its client is the one to try again.
+        """
+        return self.journal.may_retry(work)  # type: ignore[union-attr]
+
+    def adopt(self, revived: list[Revived]) -> None:
+        """Unfinished durable work read back from the journal: run it (again) now."""
+        journal: Journal = self.journal  # type: ignore[assignment]
+        for item in revived:
+            config = self.config.merge(TaskConfig(**item.options))
+            error = item.error
+            is_async = False
+            if error is None:
+                try:
+                    is_async = bool(check_call(item.func, item.args, item.kwargs))
+                except TypeError as exc:
+                    error = exc
+            work = Work(self, item.func, item.args, item.kwargs, config, "immediate", is_async)
+            work.entry = item.entry
+            journal.adopted(work)
+            if error is None and self.phase == _RUNNING:
+                self.accept(work, self.chain)
+                continue
+            self.scheduled += 1
+            if error is None:  # shutdown began since the rows were read: they stay unfinished
+                self.settle(work, CANCELLED)
+                continue
+            work.exception = error
+            logger.error(
+                "durable task %s from the journal %s cannot run again and stays there, "
+                "failed: %s",
+                work.name,
+                journal.name,
+                error,
+            )
+            self.settle(work, FAILED)
 
     async def call_again(self, work: Work) -> Any:
         if isinstance(work, BrokerWork):
@@ -642,14 +770,17 @@ class Engine:
             threads = self.threads = WorkerThreads(self.max_threads, "fastapi-tasks")
             self.handlers_cancelled = False
             self.phase = _RUNNING
-            token = current_manager.set(self.manager)
+            token = current_scope.set(AppScope(self.manager))
             _running.append(self.manager)
             try:
+                if self.journal is not None:
+                    await self.journal.open(runner, self.adopt)
+                    self.journal_open = True
                 if self.broker is not None:
                     await self.start_broker(self.broker)
                 yield
             finally:
-                current_manager.reset(token)
+                current_scope.reset(token)
                 try:
                     await self.aclose()
                 finally:
@@ -709,6 +840,14 @@ class Engine:
             )
             if self.broker_started:
                 await self.stop_broker(self.broker)  # type: ignore[arg-type]
+            if self.journal_open:
+                self.journal_open = False
+                await self.journal.close()  # type: ignore[union-attr]
+
+    def resume(self) -> None:
+        """The app's startup completed: unfinished durable work from the journal runs now."""
+        if self.journal_open:
+            self.journal.resume()  # type: ignore[union-attr]
 
 
 def refuse_other_loops(broker: Broker) -> None:

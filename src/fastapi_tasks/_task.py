@@ -16,7 +16,7 @@ import functools
 import itertools
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Protocol, TypedDict, TypeVar
 
 import anyio
 
@@ -31,7 +31,10 @@ __all__ = [
     "Broker",
     "BrokerWork",
     "Event",
+    "Journal",
+    "LoopCalls",
     "Owner",
+    "Revived",
     "Task",
     "TaskErrorHandler",
     "TaskMode",
@@ -223,6 +226,7 @@ class TaskOptions(TypedDict, total=False):
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None
     limiter: anyio.CapacityLimiter | None
     run_on_failure: bool | None
+    durable: bool | None
 
 
 class Work(Task[Any]):
@@ -247,6 +251,7 @@ class Work(Task[Any]):
         "config",
         "context",
         "done_event",
+        "entry",
         "exception",
         "func",
         "handler_scope",
@@ -304,6 +309,8 @@ class Work(Task[Any]):
         self.request: RequestInfo | None = None
         self.scheduled_at: float | None = None
         self.blocked: WaitReason | None = None
+        # Durable work: the journal's record of it (its row, whether it was committed).
+        self.entry: Any = None
 
     def __repr__(self) -> str:
         # Arguments stay out on purpose: they often carry personal data.
@@ -426,3 +433,87 @@ class BrokerWork(Work):
     def enqueue(self) -> Any:
         """The awaitable that sends the job (one attempt)."""
         return self.broker.enqueue(self)
+
+
+class Revived(NamedTuple):
+    """Unfinished durable work read back from the journal, ready to run again."""
+
+    entry: Any
+    """The journal's record of it."""
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    """``TaskConfig`` fields as it was scheduled (``retries`` already lowered by the
+    attempts it used before)."""
+    error: BaseException | None
+    """Why it cannot run (its function no longer imports, its arguments no longer fit)."""
+
+
+class LoopCalls(Protocol):
+    """What the journal's thread needs from the runner: the way back to the loop."""
+
+    def call_soon_threadsafe(self, func: Callable[..., object], *args: Any) -> None: ...
+    def new_event(self) -> Event: ...
+
+
+class Journal(Protocol):
+    """What the core needs from a journal (``fastapi_tasks.journal`` builds one).
+
+    The engine calls it at the points where a task's life changes, for durable
+    work only (``work.entry is not None``): non-durable work never reaches it.
+    """
+
+    name: str
+    """How messages name the journal (its file)."""
+
+    def prepare(self, work: Work) -> None:
+        """Make ``work`` durable (sets ``work.entry``), or raise ``TypeError`` saying why not."""
+        ...
+
+    def record(self, work: Work, held: bool) -> None:
+        """Queue the work's row for the next grouped commit (on the loop).
+
+        ``held``: a response waits for the commit (the work does not retry a failed one).
+        """
+        ...
+
+    def may_retry(self, work: Work) -> bool:
+        """Whether a failed attempt may be retried (not when a held record failed)."""
+        ...
+
+    def is_recorded(self, work: Work) -> bool:
+        """Whether the row was committed."""
+        ...
+
+    async def wait_recorded(self, work: Work) -> None:
+        """Wait for the row's commit (recording it again if the last try failed)."""
+        ...
+
+    def note_cancelled(self, work: Work) -> None:
+        """``cancel()`` was called: the work is finished, not to run again."""
+        ...
+
+    def adopted(self, work: Work) -> None:
+        """Work read back from the journal (``Revived``) runs in this process now."""
+        ...
+
+    def note_attempt(self, work: Work) -> None:
+        """An attempt begins: counted, so a restart knows how many were used."""
+        ...
+
+    def finish(self, work: Work, shutting_down: bool) -> None:
+        """The work ended: write its final state (work cancelled by shutdown stays unfinished)."""
+        ...
+
+    async def open(self, loop: LoopCalls, adopt: Callable[[list[Revived]], None]) -> None:
+        """Open the file and claim unfinished work; ``adopt`` gets work to run (on the loop)."""
+        ...
+
+    def resume(self) -> None:
+        """The app's startup is complete: hand the claimed work over."""
+        ...
+
+    async def close(self) -> None:
+        """Write what is queued, give unfinished rows back, close the file."""
+        ...

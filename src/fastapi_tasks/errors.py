@@ -9,7 +9,8 @@ single ``except FastAPITasksError`` catches them all::
     ├── FastAPITasksNotStartedError
     ├── FastAPITasksClosedError
     ├── FastAPITasksWrongLoopError
-    └── FastAPITasksBrokerError
+    ├── FastAPITasksBrokerError
+    └── FastAPITasksJournalError
 
 Wrong arguments to ``schedule()`` raise the built-in ``TypeError`` and invalid
 option values the built-in ``ValueError``, as Python's own APIs do.
@@ -22,6 +23,7 @@ __all__ = [
     "FastAPITasksBrokerError",
     "FastAPITasksClosedError",
     "FastAPITasksError",
+    "FastAPITasksJournalError",
     "FastAPITasksNotStartedError",
     "FastAPITasksUninitializedAppError",
     "FastAPITasksWrongLoopError",
@@ -62,4 +64,15 @@ class FastAPITasksBrokerError(FastAPITasksError, RuntimeError):
     Raised by ``schedule()`` for a taskiq task when ``add_tasks()`` got no broker or
     a different one, and when an app whose broker is taskiq's starts on trio
     (taskiq runs on asyncio only).
+    """
+
+
+class FastAPITasksJournalError(FastAPITasksError, RuntimeError):
+    """The journal of durable work cannot be used.
+
+    Raised at startup when the journal file is corrupt, unreadable, locked past
+    its timeout or written by a newer version (the app does not start, and the
+    file is left as it is); by ``schedule()`` for durable work when ``add_tasks()``
+    got no journal; and as the failure of durable work whose record could not be
+    committed (disk full, file locked).
     """

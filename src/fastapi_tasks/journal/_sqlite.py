@@ -1,0 +1,784 @@
+"""The SQLite journal: durable work's rows, written in grouped commits by one thread.
+
+One thread per open journal owns the connection. The event loop never touches the
+file: it queues operations (a new row, an attempt that begins, a final state) and
+the thread writes whatever has queued up in one transaction, then tells the loop
+which rows landed through the runner (the one way back to the loop). The same
+thread renews this process's lease every ``lease / 4`` seconds, takes over the rows
+of processes that died, and deletes finished rows past their retention.
+
+Ownership: every row names the process that runs it (``owner``). A process owns its
+rows while its lease, a row in the owners table, is renewed. Rows whose owner is gone
+(lease expired, or a process on this host that no longer exists), and rows given
+back at a clean shutdown (``owner`` NULL), are taken by the next live process that
+looks. A process that finds its own lease taken (it stalled past the lease) stops
+the work it lost, so a row never runs in two live processes at once; every write
+names the owner, so a process never writes a row it no longer owns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import queue
+import socket
+import sqlite3
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+
+from .._task import Event, LoopCalls, Revived, TaskState, Work
+from ..errors import FastAPITasksJournalError
+from ._codec import decode_call, encode_call, function_ref, resolve
+
+__all__ = ["SCHEMA_VERSION", "Entry", "SQLiteJournal", "connect", "describe_path"]
+
+logger = logging.getLogger("fastapi_tasks")
+
+SCHEMA_VERSION = 1
+
+TASKS = "fastapi_tasks_journal"
+OWNERS = "fastapi_tasks_owners"
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TASKS} (
+    id TEXT PRIMARY KEY,
+    func TEXT NOT NULL,
+    name TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    arguments TEXT NOT NULL,
+    options TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    scheduled_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    error TEXT,
+    request TEXT
+);
+CREATE INDEX IF NOT EXISTS {TASKS}_unfinished ON {TASKS} (owner) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS {TASKS}_finished ON {TASKS} (finished_at) WHERE state != 'pending';
+CREATE TABLE IF NOT EXISTS {OWNERS} (
+    owner TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    identity TEXT NOT NULL,
+    lease_until REAL NOT NULL
+);
+"""
+
+RETENTION_EVERY = 3600.0
+"""Seconds between two deletions of finished rows past their retention."""
+
+# The options a row keeps: plain values, and references for on_error and retry_on.
+# A per-task limiter cannot be kept; after a restart the app-wide one applies.
+_KEPT = ("timeout", "retries", "retry_delay", "retry_backoff", "shield", "run_on_failure")
+
+_NEW, _SENT, _STORED, _REFUSED = 0, 1, 2, 3
+
+HOST = socket.gethostname()
+
+
+def describe_path(path: str | os.PathLike[str]) -> str:
+    return os.fspath(path)
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+_BOOT = _boot_id()
+
+
+def process_identity(pid: int) -> str | None:
+    """Who runs as ``pid`` on this host now (None: nobody), so a reused pid does not count.
+
+    On Linux the boot and the process's start time tell a process apart from a later
+    one with the same pid; elsewhere only whether the pid exists is known.
+    """
+    if _BOOT:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        # The command name (field 2) may hold spaces and parentheses: count after it.
+        fields = stat.rsplit(")", 1)[1].split()
+        return f"{_BOOT}:{fields[19]}"
+    try:  # pragma: no cover - not Linux
+        os.kill(pid, 0)
+    except ProcessLookupError:  # pragma: no cover - not Linux
+        return None
+    except PermissionError:  # pragma: no cover - not Linux
+        pass
+    return ""  # pragma: no cover - not Linux
+
+
+class Entry:
+    """The journal's record of one durable task, on the loop's side."""
+
+    __slots__ = (
+        "arguments",
+        "base",
+        "cancelled",
+        "error",
+        "func",
+        "held",
+        "id",
+        "mode",
+        "name",
+        "options",
+        "request",
+        "scheduled_at",
+        "status",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        func: str,
+        name: str,
+        mode: str,
+        arguments: str,
+        options: str,
+        base: int,
+    ) -> None:
+        self.id = id
+        self.func = func
+        self.name = name
+        self.mode = mode
+        self.arguments = arguments
+        self.options = options
+        self.base = base  # attempts used before this process took the row
+        self.status = _NEW
+        self.error: BaseException | None = None
+        self.waiter: Event | None = None
+        self.cancelled = False  # by cancel(): finished, unlike a cancel at shutdown
+        self.held = False  # a response waits for its commit
+        self.request: str | None = None
+        self.scheduled_at = 0.0
+
+
+# Operations the loop queues for the thread; each is applied inside one transaction.
+_Op = tuple[str, Any]
+
+
+def connect(path: str, lock_timeout: float) -> sqlite3.Connection:
+    """Open the journal file, check it, and make sure its tables exist.
+
+    Raises ``FastAPITasksJournalError`` naming the file when it is not a usable
+    journal; it is never replaced or repaired here.
+    """
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(
+            path, timeout=lock_timeout, isolation_level=None, check_same_thread=False
+        )
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise FastAPITasksJournalError(
+                f"the task journal {path} was written by a newer fastapi-tasks (schema "
+                f"{version}, this version reads {SCHEMA_VERSION}): upgrade fastapi-tasks, "
+                "or point journal= at another file"
+            )
+        check = conn.execute("PRAGMA quick_check").fetchall()
+        if check != [("ok",)]:
+            found = "; ".join(str(row[0]) for row in check[:3])
+            raise sqlite3.DatabaseError(f"integrity check failed: {found}")
+        conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        if version < SCHEMA_VERSION:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
+            )
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            reason = f"it stayed locked by another process for {lock_timeout:g} s"
+        else:
+            reason = f"{exc}"
+        raise FastAPITasksJournalError(
+            f"cannot open the task journal {path}: {reason}. It was left as it is: if it "
+            "is damaged, move it away (keep it to recover its rows) and start again"
+        ) from exc
+    except BaseException:
+        if conn is not None:
+            conn.close()
+        raise
+    return conn
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    path: str
+    lease: float
+    retention: float | None
+    lock_timeout: float
+    synchronous: str
+
+
+class SQLiteJournal:
+    """Durable work's journal in one SQLite file (WAL mode), for ``add_tasks(journal=...)``.
+
+    Work scheduled with ``durable=True`` gets a row before it runs; the row is marked
+    finished when the work ends. After a crash or a restart, unfinished rows run
+    again, once the app's startup completed. Several processes (``uvicorn
+    --workers 4``) may share one file: each owns its rows under a lease it renews.
+
+    Args:
+        path: The journal file; created if missing. A relative path resolves against
+            the working directory when the app starts.
+        lease: Seconds a process owns its rows without renewing; it renews every
+            ``lease / 4``. Rows of a process that died are taken over once its lease
+            expired (at once, at startup, when it ran on this host).
+        retention: How long finished rows are kept (for the monitor's history and
+            for inspection); ``None`` keeps them forever.
+        lock_timeout: Seconds a commit waits for another process's lock before it
+            fails.
+        synchronous: ``"full"`` syncs every grouped commit to disk: a record
+            survives a crash of the machine. ``"normal"`` leaves that to the
+            operating system: it survives a crash of the process, not of the machine.
+
+    Raises:
+        ValueError: An option is out of range.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lease: float = 30.0,
+        retention: timedelta | None = timedelta(days=7),
+        lock_timeout: float = 5.0,
+        synchronous: Literal["full", "normal"] = "full",
+    ) -> None:
+        _check_seconds("lease", lease)
+        _check_seconds("lock_timeout", lock_timeout)
+        if retention is not None and (
+            not isinstance(retention, timedelta) or retention < timedelta(0)
+        ):
+            raise ValueError(f"retention must be a timedelta >= 0 or None, got {retention!r}")
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f'synchronous must be "full" or "normal", got {synchronous!r}')
+        self.path = os.fspath(path)
+        self.lease = float(lease)
+        self.retention = retention
+        self.lock_timeout = float(lock_timeout)
+        self.synchronous = synchronous
+        self.name = self.path
+        self._writer: _Writer | None = None
+        # Durable work of this process between its record and its end, by row id:
+        # what to stop if another process takes the rows over.
+        self._live: dict[str, Work] = {}
+
+    def __repr__(self) -> str:
+        return f"SQLiteJournal({self.path!r}, lease={self.lease:g})"
+
+    # -- on any thread, at schedule() -------------------------------------------
+
+    def prepare(self, work: Work) -> None:
+        """Check that the work can be found again and its arguments round-trip."""
+        ref = function_ref(work.func)
+        arguments = encode_call(work.func, work.args, work.kwargs)
+        config = work.config
+        options: dict[str, Any] = {
+            name: getattr(config, name) for name in _KEPT if name in config.given
+        }
+        if config.on_error is not None:
+            try:
+                options["on_error"] = function_ref(config.on_error)
+            except TypeError as exc:
+                raise TypeError(
+                    f"durable work needs an on_error handler that can be found again after "
+                    f"a restart: {exc}"
+                ) from None
+        if config.retry_on is not None:
+            kinds = config.retry_on if isinstance(config.retry_on, tuple) else (config.retry_on,)
+            options["retry_on"] = [_type_ref(kind) for kind in kinds]
+        entry = Entry(
+            uuid.uuid4().hex,
+            ref,
+            work.name,
+            work.mode,
+            arguments,
+            json.dumps(options, separators=(",", ":")),
+            0,
+        )
+        entry.scheduled_at = time.time()
+        work.entry = entry
+
+    # -- on the loop --------------------------------------------------------------
+
+    def record(self, work: Work, held: bool) -> None:
+        entry: Entry = work.entry
+        if entry.status in (_SENT, _STORED):
+            return
+        entry.held = held
+        request = work.request
+        if request is not None:
+            entry.request = f"{request.method or ''} {request.path}".strip()
+        entry.status = _SENT
+        entry.error = None
+        self._live[entry.id] = work
+        self._queue(("insert", entry))
+
+    def is_recorded(self, work: Work) -> bool:
+        entry: Entry = work.entry
+        return entry.status == _STORED
+
+    async def wait_recorded(self, work: Work) -> None:
+        entry: Entry = work.entry
+        if entry.status == _REFUSED and not entry.held:
+            self.record(work, False)  # a retry: try the commit again
+        if entry.status == _SENT:
+            waiter = entry.waiter
+            if waiter is None:
+                waiter = entry.waiter = self._active().loop.new_event()
+            await waiter.wait()
+        if entry.status != _STORED:
+            raise FastAPITasksJournalError(
+                f"durable task {work.name} (id {work.id}) could not be recorded in the task "
+                f"journal {self.path}: {entry.error!r}"
+            ) from entry.error
+
+    def may_retry(self, work: Work) -> bool:
+        entry: Entry = work.entry
+        return not (entry.held and entry.status == _REFUSED)
+
+    def note_cancelled(self, work: Work) -> None:
+        entry: Entry = work.entry
+        entry.cancelled = True
+
+    def note_attempt(self, work: Work) -> None:
+        entry: Entry = work.entry
+        self._queue(("attempt", (entry.id, entry.base + work.attempts, time.time())))
+
+    def adopted(self, work: Work) -> None:
+        """Work read back from the journal runs here now."""
+        entry: Entry = work.entry
+        self._live[entry.id] = work
+
+    def finish(self, work: Work, shutting_down: bool) -> None:
+        entry: Entry = work.entry
+        self._live.pop(entry.id, None)
+        if entry.status == _NEW:
+            return  # never recorded: discarded with its request
+        state = work.state
+        if state is TaskState.CANCELLED and shutting_down and not entry.cancelled:
+            return  # unfinished: it runs again after the restart
+        error = None
+        exc = work.exception
+        if exc is not None:
+            error = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        attempts = entry.base + work.attempts
+        self._queue(("finish", (state.value, time.time(), error, attempts, entry.id)))
+
+    def _landed(self, entries: list[Entry], error: BaseException | None) -> None:
+        """The thread committed (or failed to commit) these rows: wake who waits."""
+        status = _REFUSED if error is not None else _STORED
+        for entry in entries:
+            entry.status = status
+            entry.error = error
+            waiter = entry.waiter
+            if waiter is not None:
+                entry.waiter = None
+                waiter.set()
+
+    def _lose(self, ids: list[str]) -> None:
+        """Another process owns these rows now: stop running them here."""
+        for ident in ids:
+            work = self._live.pop(ident, None)
+            if work is not None:
+                work.cancel()
+
+    def _queue(self, op: _Op) -> None:
+        self._active().ops.put(op)
+
+    def _active(self) -> _Writer:
+        writer = self._writer
+        if writer is None:
+            raise FastAPITasksJournalError(
+                f"the task journal {self.path} is not open: it opens with the app's lifespan"
+            )
+        return writer
+
+    # -- lifespan -------------------------------------------------------------------
+
+    async def open(self, loop: LoopCalls, adopt: Callable[[list[Revived]], None]) -> None:
+        if self._writer is not None:
+            raise FastAPITasksJournalError(
+                f"the task journal {self.path} is already open in this process (two apps "
+                "cannot share one SQLiteJournal object; give each its own)"
+            )
+        settings = _Settings(
+            path=os.path.abspath(self.path),
+            lease=self.lease,
+            retention=None if self.retention is None else self.retention.total_seconds(),
+            lock_timeout=self.lock_timeout,
+            synchronous=self.synchronous,
+        )
+        writer = _Writer(settings, loop, adopt, self._landed, self._lose)
+        await anyio.to_thread.run_sync(writer.start)
+        self._writer = writer
+
+    def resume(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            writer.resume()
+
+    async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await anyio.to_thread.run_sync(writer.stop)
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+
+
+def _type_ref(kind: type[BaseException]) -> str:
+    ref = f"{kind.__module__}:{kind.__qualname__}"
+    try:
+        found = resolve(ref)
+    except ImportError:
+        found = None
+    if found is not kind:
+        raise TypeError(
+            f"durable work needs retry_on types that can be found again after a restart: "
+            f"{kind.__qualname__} is not reachable as {ref}; define it at module level"
+        )
+    return ref
+
+
+_STOP = ("stop", None)
+
+
+class _Writer:
+    """The thread that owns the connection, and what only it touches."""
+
+    def __init__(
+        self,
+        settings: _Settings,
+        loop: LoopCalls,
+        adopt: Callable[[list[Revived]], None],
+        landed: Callable[[list[Entry], BaseException | None], None],
+        lose: Callable[[list[str]], None],
+    ) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.adopt = adopt
+        self.landed = landed
+        self.lose = lose
+        self.ops: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        self.owner = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.conn: sqlite3.Connection | None = None
+        self.thread: threading.Thread | None = None
+        self.claimed: list[Revived] = []  # taken at startup, handed over by resume()
+        self.mine: set[str] = set()  # ids of unfinished rows this process committed or took
+        self.next_purge = 0.0
+        self.failed_batches = 0
+
+    # -- startup and shutdown (called from a worker thread of anyio) ----------------
+
+    def start(self) -> None:
+        settings = self.settings
+        conn = connect(settings.path, settings.lock_timeout)
+        try:
+            conn.execute(f"PRAGMA synchronous={settings.synchronous.upper()}")
+            now = time.time()
+            with _transaction(conn):
+                conn.execute(
+                    f"INSERT INTO {OWNERS} (owner, host, pid, identity, lease_until) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        self.owner,
+                        HOST,
+                        os.getpid(),
+                        process_identity(os.getpid()) or "",
+                        now + settings.lease,
+                    ),
+                )
+                self.claimed = self.claim(conn, now)
+            self.purge(conn, now)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise FastAPITasksJournalError(
+                f"cannot use the task journal {settings.path}: {exc}"
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+        self.thread = threading.Thread(
+            target=self.run, name="fastapi-tasks-journal", daemon=True
+        )
+        self.thread.start()
+
+    def resume(self) -> None:
+        claimed, self.claimed = self.claimed, []
+        if claimed:
+            self.adopt(claimed)
+
+    def stop(self) -> None:
+        self.ops.put(_STOP)
+        thread = self.thread
+        if thread is not None:
+            thread.join()
+
+    # -- the thread ---------------------------------------------------------------
+
+    def run(self) -> None:
+        conn: sqlite3.Connection = self.conn  # type: ignore[assignment]
+        interval = self.settings.lease / 4
+        next_tick = time.monotonic() + interval
+        stopping = False
+        while not stopping:
+            try:
+                first = self.ops.get(timeout=max(0.0, next_tick - time.monotonic()))
+            except queue.Empty:
+                first = None
+            batch: list[_Op] = []
+            if first is not None:
+                batch.append(first)
+                # Everything queued meanwhile goes into the same commit.
+                while True:
+                    try:
+                        batch.append(self.ops.get_nowait())
+                    except queue.Empty:
+                        break
+            if batch and batch[-1] is _STOP:
+                stopping = True
+                batch.pop()
+            if batch:
+                self.write(conn, batch)
+            if time.monotonic() >= next_tick and not stopping:
+                next_tick = time.monotonic() + interval
+                self.tick(conn)
+        self.release(conn)
+        conn.close()
+
+    def write(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        inserted: list[Entry] = []
+        finished: list[str] = []
+        error: BaseException | None = None
+        try:
+            with _transaction(conn):
+                for kind, value in batch:
+                    if kind == "insert":
+                        entry: Entry = value
+                        conn.execute(
+                            f"INSERT OR IGNORE INTO {TASKS} (id, func, name, mode, arguments, "
+                            "options, state, attempts, owner, scheduled_at, request) "
+                            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                            (
+                                entry.id,
+                                entry.func,
+                                entry.name,
+                                entry.mode,
+                                entry.arguments,
+                                entry.options,
+                                entry.base,
+                                self.owner,
+                                entry.scheduled_at,
+                                entry.request,
+                            ),
+                        )
+                        inserted.append(entry)
+                    elif kind == "attempt":
+                        ident, attempts, now = value
+                        conn.execute(
+                            f"UPDATE {TASKS} SET attempts = ?, started_at = "
+                            "coalesce(started_at, ?) WHERE id = ? AND owner = ?",
+                            (attempts, now, ident, self.owner),
+                        )
+                    else:  # finish
+                        conn.execute(
+                            f"UPDATE {TASKS} SET state = ?, finished_at = ?, error = ?, "
+                            "attempts = ? WHERE id = ? AND owner = ?",
+                            (*value, self.owner),
+                        )
+                        finished.append(value[-1])
+        except sqlite3.Error as exc:
+            error = exc
+            self.failed_batches += 1
+            logger.error(
+                "the task journal %s could not commit %d change(s): %r",
+                self.settings.path,
+                len(batch),
+                exc,
+            )
+        else:
+            self.mine.update(entry.id for entry in inserted)
+            self.mine.difference_update(finished)
+        if inserted:
+            self.loop.call_soon_threadsafe(self.landed, inserted, error)
+
+    def tick(self, conn: sqlite3.Connection) -> None:
+        """Renew the lease, take over dead processes' rows, purge old ones."""
+        settings = self.settings
+        now = time.time()
+        lost: list[str] = []
+        try:
+            with _transaction(conn):
+                renewed = conn.execute(
+                    f"UPDATE {OWNERS} SET lease_until = ? WHERE owner = ?",
+                    (now + settings.lease, self.owner),
+                ).rowcount
+                if not renewed:
+                    # Another process found our lease expired (we stalled) and took
+                    # our rows: stop what we lost, and own what is still ours.
+                    conn.execute(
+                        f"INSERT INTO {OWNERS} (owner, host, pid, identity, lease_until) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (
+                            self.owner,
+                            HOST,
+                            os.getpid(),
+                            process_identity(os.getpid()) or "",
+                            now + settings.lease,
+                        ),
+                    )
+                    still = {
+                        row[0]
+                        for row in conn.execute(
+                            f"SELECT id FROM {TASKS} WHERE owner = ? AND state = 'pending'",
+                            (self.owner,),
+                        )
+                    }
+                    lost = sorted(self.mine - still)
+                    self.mine &= still
+                claimed = self.claim(conn, now)
+            self.purge(conn, now)
+        except sqlite3.Error as exc:
+            logger.warning(
+                "the task journal %s could not renew this process's lease: %r",
+                settings.path,
+                exc,
+            )
+            return
+        if lost:
+            logger.error(
+                "the task journal %s: this process held no lease for more than %g s, and "
+                "another process took over %d of its durable task(s); they are stopped here",
+                settings.path,
+                settings.lease,
+                len(lost),
+            )
+            self.loop.call_soon_threadsafe(self.lose, lost)
+        if claimed:
+            self.loop.call_soon_threadsafe(self.adopt, claimed)
+
+    def claim(self, conn: sqlite3.Connection, now: float) -> list[Revived]:
+        """Take the unfinished rows nobody alive owns; read them back as runnable work."""
+        dead: list[str] = []
+        for owner, host, pid, identity, lease_until in conn.execute(
+            f"SELECT owner, host, pid, identity, lease_until FROM {OWNERS} WHERE owner != ?",
+            (self.owner,),
+        ):
+            if lease_until < now or (host == HOST and process_identity(pid) != identity):
+                dead.append(owner)
+        if dead:
+            conn.executemany(f"DELETE FROM {OWNERS} WHERE owner = ?", [(o,) for o in dead])
+        rows = conn.execute(
+            f"SELECT id, func, name, mode, arguments, options, attempts, scheduled_at, "
+            f"request FROM {TASKS} WHERE state = 'pending' AND (owner IS NULL OR owner NOT IN "
+            f"(SELECT owner FROM {OWNERS}))"
+        ).fetchall()
+        if not rows:
+            return []
+        conn.executemany(
+            f"UPDATE {TASKS} SET owner = ? WHERE id = ?", [(self.owner, row[0]) for row in rows]
+        )
+        self.mine.update(row[0] for row in rows)
+        return [revive(row) for row in rows]
+
+    def purge(self, conn: sqlite3.Connection, now: float) -> None:
+        retention = self.settings.retention
+        if retention is None or now < self.next_purge:
+            return
+        self.next_purge = now + RETENTION_EVERY
+        with _transaction(conn):
+            conn.execute(
+                f"DELETE FROM {TASKS} WHERE state != 'pending' AND finished_at < ?",
+                (now - retention,),
+            )
+
+    def release(self, conn: sqlite3.Connection) -> None:
+        """Give unfinished rows back at a clean shutdown: the next process takes them at once."""
+        try:
+            with _transaction(conn):
+                conn.execute(
+                    f"UPDATE {TASKS} SET owner = NULL WHERE owner = ? AND state = 'pending'",
+                    (self.owner,),
+                )
+                conn.execute(f"DELETE FROM {OWNERS} WHERE owner = ?", (self.owner,))
+        except sqlite3.Error as exc:
+            logger.warning(
+                "the task journal %s could not give back this process's unfinished rows "
+                "(they are taken over once its lease expires): %r",
+                self.settings.path,
+                exc,
+            )
+
+
+def _unavailable() -> None:
+    """Stands in for a function that could not be found again (never called)."""
+
+
+def revive(row: tuple[Any, ...]) -> Revived:
+    """A row read back: its function imported and its arguments restored, or why not."""
+    ident, ref, name, mode, arguments, options_text, attempts, scheduled_at, request = row
+    entry = Entry(ident, ref, name, mode, arguments, options_text, attempts)
+    entry.status = _STORED
+    entry.request = request
+    entry.scheduled_at = scheduled_at
+    options: dict[str, Any] = {"name": name, "durable": True}
+    try:
+        stored: dict[str, Any] = json.loads(options_text)
+        func = resolve(ref)
+        for key in _KEPT:
+            if key in stored:
+                options[key] = stored[key]
+        if "on_error" in stored:
+            options["on_error"] = resolve(stored["on_error"])
+        if "retry_on" in stored:
+            options["retry_on"] = tuple(resolve(kind) for kind in stored["retry_on"])
+        # The interrupted attempt counts: what is left is retries minus attempts used.
+        options["retries"] = max(0, (options.get("retries") or 0) - attempts)
+        args, kwargs = decode_call(func, arguments)
+    except (ImportError, TypeError, ValueError) as exc:
+        return Revived(entry, _unavailable, (), {}, options, exc)
+    return Revived(entry, func, args, kwargs, options, None)
