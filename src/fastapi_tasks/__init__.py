@@ -27,6 +27,7 @@ from .errors import FastAPITasksAlreadyInstalledError as FastAPITasksAlreadyInst
 from .errors import FastAPITasksBrokerError as FastAPITasksBrokerError
 from .errors import FastAPITasksClosedError as FastAPITasksClosedError
 from .errors import FastAPITasksError as FastAPITasksError
+from .errors import FastAPITasksJournalError as FastAPITasksJournalError
 from .errors import FastAPITasksNotStartedError as FastAPITasksNotStartedError
 from .errors import FastAPITasksUninitializedAppError as FastAPITasksUninitializedAppError
 from .errors import FastAPITasksWrongLoopError as FastAPITasksWrongLoopError
@@ -36,6 +37,7 @@ __all__ = [
     "FastAPITasksBrokerError",
     "FastAPITasksClosedError",
     "FastAPITasksError",
+    "FastAPITasksJournalError",
     "FastAPITasksNotStartedError",
     "FastAPITasksUninitializedAppError",
     "FastAPITasksWrongLoopError",

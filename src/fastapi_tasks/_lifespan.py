@@ -83,10 +83,11 @@ def add_tasks(
     if journal is not None:
         from .journal import SQLiteJournal  # sqlite3 and the codec: only for apps with one
 
-        if isinstance(journal, (str, os.PathLike)):
-            store = SQLiteJournal(cast("str | os.PathLike[str]", journal))
-        elif isinstance(journal, SQLiteJournal):
-            store = journal
+        given = cast("object", journal)  # untyped callers pass anything
+        if isinstance(given, (str, os.PathLike)):
+            store = SQLiteJournal(cast("str | os.PathLike[str]", given))
+        elif isinstance(given, SQLiteJournal):
+            store = given
         else:
             raise TypeError(
                 f"journal must be a file path or an SQLiteJournal, got {journal!r} of type "

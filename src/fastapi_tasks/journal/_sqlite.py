@@ -31,10 +31,10 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import anyio
 
@@ -224,7 +224,7 @@ def connect(path: str, lock_timeout: float) -> sqlite3.Connection:
 
 
 @contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def _transaction(conn: sqlite3.Connection) -> Generator[sqlite3.Connection, None, None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
@@ -281,9 +281,8 @@ class SQLiteJournal:
     ) -> None:
         _check_seconds("lease", lease)
         _check_seconds("lock_timeout", lock_timeout)
-        if retention is not None and (
-            not isinstance(retention, timedelta) or retention < timedelta(0)
-        ):
+        kept = cast("object", retention)  # untyped callers pass anything
+        if kept is not None and (not isinstance(kept, timedelta) or kept < timedelta(0)):
             raise ValueError(f"retention must be a timedelta >= 0 or None, got {retention!r}")
         if synchronous not in ("full", "normal"):
             raise ValueError(f'synchronous must be "full" or "normal", got {synchronous!r}')
