@@ -1,0 +1,1 @@
+"""Durable work on one machine: an SQLite journal."""
