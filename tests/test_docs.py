@@ -20,6 +20,7 @@ How an example runs:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
@@ -27,7 +28,7 @@ import re
 import sys
 import textwrap
 import types
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +39,7 @@ from starlette import testclient as starlette_testclient
 from starlette.applications import Starlette
 
 import fastapi_tasks
+import fastapi_tasks.journal
 import fastapi_tasks.monitor
 import fastapi_tasks.testing
 from fastapi_tasks import TaskManager, get_task_manager
@@ -163,17 +165,21 @@ def _all_examples() -> Iterator[Any]:
                     yield pytest.param(example, backend, id=f"{example.id}-{backend}")
 
 
-def _execute(example: Example) -> dict[str, Any]:
+@contextlib.contextmanager
+def _executed(example: Example) -> Generator[dict[str, Any], None, None]:
+    """Run the example's code as a module, importable by its name until the block ends."""
     name = "docs_example_" + re.sub(r"\W", "_", example.id)
     module = types.ModuleType(name)
     module.__file__ = str(example.page)
-    sys.modules[name] = module  # pydantic and typing resolve annotations through it
+    # pydantic and typing resolve annotations through it, and durable work is found
+    # again by "module:qualname" while its app runs.
+    sys.modules[name] = module
     try:
         code = compile(example.code, example.id, "exec")
         exec(code, module.__dict__)
+        yield module.__dict__
     finally:
         del sys.modules[name]
-    return module.__dict__
 
 
 def _apps_with_tasks(namespace: dict[str, Any]) -> list[tuple[Starlette, TaskManager]]:
@@ -208,7 +214,13 @@ def _serve(
 
 
 @pytest.mark.parametrize(("example", "backend"), list(_all_examples()))
-def test_example(example: Example, backend: str, pytester: pytest.Pytester) -> None:
+def test_example(
+    example: Example,
+    backend: str,
+    pytester: pytest.Pytester,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     if example.is_test_module:
         pytester.makeconftest(_INNER_CONFTEST)
         pytester.makepyfile(test_example=example.code)
@@ -220,19 +232,28 @@ def test_example(example: Example, backend: str, pytester: pytest.Pytester) -> N
         assert result.ret == 0, result.stdout.str()
         return
 
-    namespace = _execute(example)
-    main = namespace.get("main")
-    if inspect.iscoroutinefunction(main):
-        assert example.driver is None, f"{example.id}: main() and a run comment exclude each other"
-        anyio.run(main, backend=backend)
-        return
-    if example.driver is not None:
-        assert "app" in namespace, f"{example.id}: a run comment needs an app named 'app'"
-    for app, manager in _apps_with_tasks(namespace):
-        driver = example.driver if app is namespace.get("app") else None
-        _serve(
-            app, manager, "trio" if backend == "trio" else "asyncio", namespace, driver, example.id
-        )
+    # Files an example writes (a journal: "tasks.db") land in a directory of its own.
+    monkeypatch.chdir(tmp_path)
+    with _executed(example) as namespace:
+        main = namespace.get("main")
+        if inspect.iscoroutinefunction(main):
+            assert example.driver is None, (
+                f"{example.id}: main() and a run comment exclude each other"
+            )
+            anyio.run(main, backend=backend)
+            return
+        if example.driver is not None:
+            assert "app" in namespace, f"{example.id}: a run comment needs an app named 'app'"
+        for app, manager in _apps_with_tasks(namespace):
+            driver = example.driver if app is namespace.get("app") else None
+            _serve(
+                app,
+                manager,
+                "trio" if backend == "trio" else "asyncio",
+                namespace,
+                driver,
+                example.id,
+            )
 
 
 # -- the collector itself -------------------------------------------------------------
@@ -320,6 +341,8 @@ def test_api_reference_documents_exactly_the_public_names() -> None:
             assert parts[2] in fastapi_tasks.testing.__all__, target  # a public helper module
         elif parts[:2] == ["fastapi_tasks", "monitor"]:
             assert parts[2] in fastapi_tasks.monitor.__all__, target  # the monitor's module
+        elif parts[:2] == ["fastapi_tasks", "journal"]:
+            assert parts[2] in fastapi_tasks.journal.__all__, target  # the journal's module
         else:
             # Only names a user can import: no private modules, no internal classes.
             assert parts[:-1] == ["fastapi_tasks"], target
