@@ -46,12 +46,27 @@ RAN: list[Any] = []
 """What durable functions of this module did, in order."""
 GATES: dict[str, anyio.Event] = {}
 """Events durable functions wait on, by name (made per test, on its loop)."""
+SIGNALS: dict[str, anyio.Event] = {}
+"""Events durable functions set when they get somewhere ("a started"), if the test made one."""
 
 
 @pytest.fixture(autouse=True)
 def _clean() -> None:
     RAN.clear()
     GATES.clear()
+    SIGNALS.clear()
+
+
+def reached(point: str) -> None:
+    event = SIGNALS.get(point)
+    if event is not None:
+        event.set()
+
+
+async def until(point: str) -> None:
+    """Wait (bounded) for a durable function to reach ``point``; make the event first."""
+    with anyio.fail_after(WAIT):
+        await SIGNALS[point].wait()
 
 
 async def note(value: int) -> None:
@@ -64,6 +79,7 @@ def note_sync(value: int) -> None:
 
 async def block(name: str) -> None:
     RAN.append(("started", name))
+    reached(f"{name} started")
     await GATES[name].wait()
     RAN.append(("done", name))
 
@@ -77,6 +93,7 @@ async def fail_then_block(name: str) -> None:
     """Fails while no gate of its name exists, then blocks on it: a run cut short by shutdown."""
     if name not in GATES:
         RAN.append(("failed", name))
+        reached(f"{name} failed")
         raise RuntimeError("not yet")
     await block(name)
 
@@ -263,8 +280,9 @@ async def test_work_cut_short_by_shutdown_runs_again_after_restart(tmp_path: Pat
     path = tmp_path / "j.db"
     async with running(path) as (_, manager):
         GATES["a"] = anyio.Event()
+        SIGNALS["a started"] = anyio.Event()
         task = manager.task(durable=True).schedule(block, "a")
-        await task.started.wait()
+        await until("a started")
     assert task.state is TaskState.CANCELLED
     (row,) = rows(path)
     assert (row["state"], row["owner"], row["attempts"]) == ("pending", None, 1)
@@ -282,12 +300,12 @@ async def test_interrupted_attempts_count_against_retries(tmp_path: Path) -> Non
     path = tmp_path / "j.db"
     async with running(path) as (_, manager):
         # retries=2: the first attempt fails, the second is cut short by shutdown.
-        task = manager.task(durable=True, retries=2).schedule(fail_then_block, "x")
-        await task.started.wait()
+        SIGNALS["x failed"] = anyio.Event()
+        SIGNALS["x started"] = anyio.Event()
+        manager.task(durable=True, retries=2).schedule(fail_then_block, "x")
+        await until("x failed")
         GATES["x"] = anyio.Event()
-        with anyio.fail_after(WAIT):
-            while ("started", "x") not in RAN:
-                await anyio.sleep(0.01)
+        await until("x started")
     assert rows(path)[0]["attempts"] == 2
     GATES.clear()
     RAN.clear()
@@ -479,7 +497,7 @@ async def test_finished_rows_past_their_retention_are_deleted(tmp_path: Path) ->
     with conn:
         conn.execute(
             "UPDATE fastapi_tasks_journal SET finished_at = finished_at - 86400 * 8 "
-            "WHERE arguments LIKE '%1%'"
+            "WHERE arguments LIKE '%\"value\":1}%'"
         )
     conn.close()
     async with running(SQLiteJournal(path, retention=timedelta(days=7))):
@@ -497,12 +515,17 @@ async def test_a_process_that_lost_its_lease_stops_the_work_it_lost(
     with caplog.at_level(logging.ERROR, logger="fastapi_tasks"):
         async with running(SQLiteJournal(path, lease=0.2)) as (_, manager):
             GATES["l"] = anyio.Event()
+            SIGNALS["l started"] = anyio.Event()
             task = manager.task(durable=True).schedule(block, "l")
-            await task.started.wait()
+            await until("l started")  # its row is committed: the function runs
             # What another process does once it found this one's lease expired.
             conn = sqlite3.connect(path)
             with conn:
                 conn.execute("DELETE FROM fastapi_tasks_owners")
+                conn.execute(
+                    "INSERT INTO fastapi_tasks_owners VALUES ('elsewhere:1:x', 'elsewhere', 1, "
+                    "'', 1e12)"
+                )
                 conn.execute("UPDATE fastapi_tasks_journal SET owner = 'elsewhere:1:x'")
             conn.close()
             await task.wait()
@@ -520,9 +543,7 @@ async def test_rows_of_a_dead_owner_are_taken_over(tmp_path: Path) -> None:
         conn = sqlite3.connect(path)
         with conn:
             # Another process that died: its lease long expired, its rows unfinished.
-            conn.execute(
-                "INSERT INTO fastapi_tasks_owners VALUES ('gone:1:y', 'gone', 1, '', 0)"
-            )
+            conn.execute("INSERT INTO fastapi_tasks_owners VALUES ('gone:1:y', 'gone', 1, '', 0)")
             conn.execute(
                 "INSERT INTO fastapi_tasks_journal (id, func, name, mode, arguments, options, "
                 "state, attempts, owner, scheduled_at) VALUES ('r1', 'tests.test_journal:note', "

@@ -110,7 +110,7 @@ async def write_journal(path: Path, *, unfinished: bool) -> Journal:
     # The rows' ids, found by their arguments: each order is in one row.
     outcomes = {"a1": "succeeded", "b2": "failed", "c3": "cancelled", "d4": "pending"}
     for row in read_rows(path):
-        journal.ids[outcomes[json.loads(row.arguments)["order"]]] = row.id
+        journal.ids[outcomes[json.loads(row.arguments)["arguments"]["order"]]] = row.id
     return journal
 
 
@@ -156,7 +156,7 @@ async def test_list_as_json(journal: Journal, capsys: pytest.CaptureFixture[str]
     [row] = json.loads(capsys.readouterr().out)
     assert row["id"] == journal.ids["failed"]
     assert row["func"] == f"{__name__}:deliver"
-    assert row["arguments"] == {"order": "b2"}
+    assert row["arguments"] == {"v": 1, "arguments": {"order": "b2"}}
     assert row["options"] == {"retries": 1}
     assert (row["state"], row["attempts"], row["mode"]) == ("failed", 2, "immediate")
     assert row["error"].rstrip().endswith("RuntimeError: cannot deliver b2")
@@ -199,7 +199,7 @@ async def test_show_prints_every_column_the_arguments_and_the_error(
     for label in ("scheduled", "started", "finished"):
         assert re.search(rf"^{label} +{ISO_UTC}$", out, re.MULTILINE)
     assert 'options    {"retries":1}\n' in out
-    assert 'arguments:\n  {\n    "order": "b2"\n  }\n' in out
+    assert '"arguments": {\n      "order": "b2"\n    }' in out
     error = out.split("error:\n", 1)[1]
     assert error.startswith("  Traceback (most recent call last):\n")
     assert error.endswith("  RuntimeError: cannot deliver b2\n")
@@ -216,7 +216,7 @@ async def test_show_a_row_from_a_request_and_an_unfinished_one(
     assert journal.run("show", journal.ids["pending"], "--json") == 0
     row = json.loads(capsys.readouterr().out)
     assert (row["state"], row["owner"], row["finished_at"]) == ("pending", None, None)
-    assert row["arguments"] == {"order": "d4"}
+    assert row["arguments"] == {"v": 1, "arguments": {"order": "d4"}}
 
 
 async def test_show_an_unknown_id(journal: Journal, capsys: pytest.CaptureFixture[str]) -> None:
@@ -362,8 +362,8 @@ async def test_read_rows_selects(journal: Journal) -> None:
     assert [row.id for row in chosen] == [journal.ids["pending"], journal.ids["failed"]]
     assert read_rows(journal.path, ids=[]) == []
     [failed] = read_rows(journal.path, state="failed", limit=5)
-    assert failed.to_json()["arguments"] == {"order": "b2"}
-    assert json.loads(failed.arguments) == {"order": "b2"}
+    assert failed.to_json()["arguments"] == {"v": 1, "arguments": {"order": "b2"}}
+    assert json.loads(failed.arguments) == {"v": 1, "arguments": {"order": "b2"}}
 
 
 async def test_retry_rows_with_ids_and_all_failed(journal: Journal) -> None:

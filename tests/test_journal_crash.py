@@ -117,9 +117,7 @@ def _unfinished(journal: Path) -> int:
 
 
 @contextmanager
-def _server(
-    tmp_path: Path, name: str, **env: str
-) -> Generator[Server, None, None]:
+def _server(tmp_path: Path, name: str, **env: str) -> Generator[Server, None, None]:
     settings = {
         "DURABLE_JOURNAL": str(tmp_path / "tasks.db"),
         "DURABLE_OUTBOX": str(tmp_path / "outbox.txt"),
@@ -150,8 +148,7 @@ def test_sigkill_under_load_loses_no_acknowledged_work(tmp_path: Path) -> None:
         def all_sent() -> bool:
             sent = _outbox(outbox)
             return all(
-                ("receipt", order) in sent and ("invoice", order) in sent
-                for order in acknowledged
+                ("receipt", order) in sent and ("invoice", order) in sent for order in acknowledged
             )
 
         _wait_until(all_sent, "the receipts of every acknowledged order")
@@ -230,4 +227,3 @@ def test_a_stalled_worker_stops_the_work_another_took_over(tmp_path: Path) -> No
         assert stalled.alive()
         assert set(_outbox(outbox).values()) == {1}
         assert f"pid={other.process.pid}" in outbox.read_text()
-

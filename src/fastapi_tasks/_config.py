@@ -109,10 +109,7 @@ class TaskConfig:
                     _validate(field, value)
         object.__setattr__(self, "_given", frozenset(given))
         plain = (
-            self.timeout is None
-            and not self.retries
-            and self.limiter is None
-            and not self.durable
+            self.timeout is None and not self.retries and self.limiter is None and not self.durable
         )
         object.__setattr__(self, "plain", plain)
 

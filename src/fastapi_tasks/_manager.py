@@ -89,6 +89,7 @@ FAILED = TaskState.FAILED
 CANCELLED = TaskState.CANCELLED
 DISCARDED = TaskState.DISCARDED
 
+
 class Scope(Protocol):
     """What code runs for: one of an app's requests, or the app's lifespan."""
 
@@ -703,8 +704,7 @@ class Engine:
                 continue
             work.exception = error
             logger.error(
-                "durable task %s from the journal %s cannot run again and stays there, "
-                "failed: %s",
+                "durable task %s from the journal %s cannot run again and stays there, failed: %s",
                 work.name,
                 journal.name,
                 error,
@@ -762,6 +762,20 @@ class Engine:
             raise FastAPITasksError("this task manager is already running")
         if self.broker is not None and not self.broker.is_worker:
             refuse_other_loops(self.broker)  # before the runner: trio would wrap the error
+        if self.journal is not None:
+            # Before the runner too: a damaged file's error reaches the server as it is.
+            await self.journal.open(self.adopt)
+            self.journal_open = True
+        try:
+            async with self.running():
+                yield
+        finally:
+            if self.journal_open:  # the runner never started
+                self.journal_open = False
+                await self.journal.close()  # type: ignore[union-attr]
+
+    @asynccontextmanager
+    async def running(self) -> AsyncGenerator[None, None]:
         async with open_runner() as runner:
             self.runner = runner
             self.cancelled_exc = runner.cancelled_exc
@@ -774,8 +788,7 @@ class Engine:
             _running.append(self.manager)
             try:
                 if self.journal is not None:
-                    await self.journal.open(runner, self.adopt)
-                    self.journal_open = True
+                    self.journal.attach(runner)
                 if self.broker is not None:
                     await self.start_broker(self.broker)
                 yield

@@ -506,8 +506,12 @@ class Journal(Protocol):
         """The work ended: write its final state (work cancelled by shutdown stays unfinished)."""
         ...
 
-    async def open(self, loop: LoopCalls, adopt: Callable[[list[Revived]], None]) -> None:
-        """Open the file and claim unfinished work; ``adopt`` gets work to run (on the loop)."""
+    async def open(self, adopt: Callable[[list[Revived]], None]) -> None:
+        """Open and check the file, claim unfinished work; ``adopt`` gets work to run."""
+        ...
+
+    def attach(self, loop: LoopCalls) -> None:
+        """Start writing, reporting back to ``loop`` (the runner)."""
         ...
 
     def resume(self) -> None:

@@ -135,6 +135,7 @@ class Entry:
         "arguments",
         "base",
         "cancelled",
+        "counted",
         "error",
         "func",
         "held",
@@ -170,12 +171,58 @@ class Entry:
         self.waiter: Event | None = None
         self.cancelled = False  # by cancel(): finished, unlike a cancel at shutdown
         self.held = False  # a response waits for its commit
+        self.counted = base  # attempts the row counts so far
         self.request: str | None = None
         self.scheduled_at = 0.0
 
 
-# Operations the loop queues for the thread; each is applied inside one transaction.
-_Op = tuple[str, Any]
+# What the loop queues for the thread: a row to write, in full (new, or with its new
+# state), and the entry to tell once it landed (only for new rows).
+_Row = tuple[Any, ...]
+_Op = tuple["Entry | None", _Row]
+
+
+def _row(
+    entry: Entry,
+    state: str,
+    attempts: int,
+    started_at: float | None,
+    finished_at: float | None,
+    error: str | None,
+) -> _Row:
+    return (
+        entry.id,
+        entry.func,
+        entry.name,
+        entry.mode,
+        entry.arguments,
+        entry.options,
+        state,
+        attempts,
+        entry.scheduled_at,
+        started_at,
+        finished_at,
+        error,
+        entry.request,
+    )
+
+
+# One statement writes a whole batch: new rows, and new states of rows this process
+# owns. A statement per row would hand the interpreter lock back and forth with the
+# event loop once per row; here it happens once per commit.
+_COLUMNS = (
+    "id, func, name, mode, arguments, options, state, attempts, scheduled_at, started_at, "
+    "finished_at, error, request"
+)
+_UPSERT = (
+    f"INSERT INTO {TASKS} ({_COLUMNS}, owner) SELECT "
+    + ", ".join(f"json_extract(value, '$[{index}]')" for index in range(13))
+    + f", ? FROM json_each(?) WHERE true ON CONFLICT (id) DO UPDATE SET "
+    "state = excluded.state, attempts = excluded.attempts, "
+    f"started_at = coalesce({TASKS}.started_at, excluded.started_at), "
+    "finished_at = excluded.finished_at, error = excluded.error "
+    f"WHERE {TASKS}.owner = excluded.owner"
+)
 
 
 def connect(path: str, lock_timeout: float) -> sqlite3.Connection:
@@ -293,6 +340,7 @@ class SQLiteJournal:
         self.synchronous = synchronous
         self.name = self.path
         self._writer: _Writer | None = None
+        self._loop: LoopCalls | None = None
         # Durable work of this process between its record and its end, by row id:
         # what to stop if another process takes the rows over.
         self._live: dict[str, Work] = {}
@@ -346,7 +394,9 @@ class SQLiteJournal:
         entry.status = _SENT
         entry.error = None
         self._live[entry.id] = work
-        self._queue(("insert", entry))
+        # The first attempt counts from here: its row is committed before it starts.
+        entry.counted = entry.base + max(work.attempts, 1)
+        self._queue((entry, _row(entry, "pending", entry.counted, None, None, None)))
 
     def is_recorded(self, work: Work) -> bool:
         entry: Entry = work.entry
@@ -359,7 +409,7 @@ class SQLiteJournal:
         if entry.status == _SENT:
             waiter = entry.waiter
             if waiter is None:
-                waiter = entry.waiter = self._active().loop.new_event()
+                waiter = entry.waiter = self._loop.new_event()  # type: ignore[union-attr]
             await waiter.wait()
         if entry.status != _STORED:
             raise FastAPITasksJournalError(
@@ -377,7 +427,10 @@ class SQLiteJournal:
 
     def note_attempt(self, work: Work) -> None:
         entry: Entry = work.entry
-        self._queue(("attempt", (entry.id, entry.base + work.attempts, time.time())))
+        attempts = entry.base + work.attempts
+        if attempts > entry.counted:  # a retry, or the first attempt of a row read back
+            entry.counted = attempts
+            self._queue((None, _row(entry, "pending", attempts, time.time(), None, None)))
 
     def adopted(self, work: Work) -> None:
         """Work read back from the journal runs here now."""
@@ -387,8 +440,8 @@ class SQLiteJournal:
     def finish(self, work: Work, shutting_down: bool) -> None:
         entry: Entry = work.entry
         self._live.pop(entry.id, None)
-        if entry.status == _NEW:
-            return  # never recorded: discarded with its request
+        if entry.status == _NEW or entry.status == _REFUSED:
+            return  # never recorded: discarded with its request, or its commit failed
         state = work.state
         if state is TaskState.CANCELLED and shutting_down and not entry.cancelled:
             return  # unfinished: it runs again after the restart
@@ -396,8 +449,10 @@ class SQLiteJournal:
         exc = work.exception
         if exc is not None:
             error = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        attempts = entry.base + work.attempts
-        self._queue(("finish", (state.value, time.time(), error, attempts, entry.id)))
+        row = _row(
+            entry, state.value, entry.base + work.attempts, work.started_at, time.time(), error
+        )
+        self._queue((None, row))
 
     def _landed(self, entries: list[Entry], error: BaseException | None) -> None:
         """The thread committed (or failed to commit) these rows: wake who waits."""
@@ -430,7 +485,7 @@ class SQLiteJournal:
 
     # -- lifespan -------------------------------------------------------------------
 
-    async def open(self, loop: LoopCalls, adopt: Callable[[list[Revived]], None]) -> None:
+    async def open(self, adopt: Callable[[list[Revived]], None]) -> None:
         if self._writer is not None:
             raise FastAPITasksJournalError(
                 f"the task journal {self.path} is already open in this process (two apps "
@@ -443,9 +498,13 @@ class SQLiteJournal:
             lock_timeout=self.lock_timeout,
             synchronous=self.synchronous,
         )
-        writer = _Writer(settings, loop, adopt, self._landed, self._lose)
-        await anyio.to_thread.run_sync(writer.start)
+        writer = _Writer(settings, adopt, self._landed, self._lose)
+        await anyio.to_thread.run_sync(writer.open)
         self._writer = writer
+
+    def attach(self, loop: LoopCalls) -> None:
+        self._loop = loop
+        self._active().start(loop)
 
     def resume(self) -> None:
         writer = self._writer
@@ -482,7 +541,7 @@ def _type_ref(kind: type[BaseException]) -> str:
     return ref
 
 
-_STOP = ("stop", None)
+_STOP: _Op = (None, ())
 
 
 class _Writer:
@@ -491,13 +550,11 @@ class _Writer:
     def __init__(
         self,
         settings: _Settings,
-        loop: LoopCalls,
         adopt: Callable[[list[Revived]], None],
         landed: Callable[[list[Entry], BaseException | None], None],
         lose: Callable[[list[str]], None],
     ) -> None:
         self.settings = settings
-        self.loop = loop
         self.adopt = adopt
         self.landed = landed
         self.lose = lose
@@ -508,11 +565,10 @@ class _Writer:
         self.claimed: list[Revived] = []  # taken at startup, handed over by resume()
         self.mine: set[str] = set()  # ids of unfinished rows this process committed or took
         self.next_purge = 0.0
-        self.failed_batches = 0
 
     # -- startup and shutdown (called from a worker thread of anyio) ----------------
 
-    def start(self) -> None:
+    def open(self) -> None:
         settings = self.settings
         conn = connect(settings.path, settings.lock_timeout)
         try:
@@ -541,8 +597,11 @@ class _Writer:
             conn.close()
             raise
         self.conn = conn
+
+    def start(self, loop: LoopCalls) -> None:
+        """Start the thread: from now on it reports to ``loop``."""
         self.thread = threading.Thread(
-            target=self.run, name="fastapi-tasks-journal", daemon=True
+            target=self.run, args=(loop,), name="fastapi-tasks-journal", daemon=True
         )
         self.thread.start()
 
@@ -552,14 +611,17 @@ class _Writer:
             self.adopt(claimed)
 
     def stop(self) -> None:
-        self.ops.put(_STOP)
         thread = self.thread
-        if thread is not None:
-            thread.join()
+        if thread is None:  # opened, never started: nothing was written
+            self.release(self.conn)  # type: ignore[arg-type]
+            self.conn.close()  # type: ignore[union-attr]
+            return
+        self.ops.put(_STOP)
+        thread.join()
 
     # -- the thread ---------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self, loop: LoopCalls) -> None:
         conn: sqlite3.Connection = self.conn  # type: ignore[assignment]
         interval = self.settings.lease / 4
         next_tick = time.monotonic() + interval
@@ -582,57 +644,20 @@ class _Writer:
                 stopping = True
                 batch.pop()
             if batch:
-                self.write(conn, batch)
+                self.write(conn, batch, loop)
             if time.monotonic() >= next_tick and not stopping:
                 next_tick = time.monotonic() + interval
-                self.tick(conn)
+                self.tick(conn, loop)
         self.release(conn)
         conn.close()
 
-    def write(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        inserted: list[Entry] = []
-        finished: list[str] = []
+    def write(self, conn: sqlite3.Connection, batch: list[_Op], loop: LoopCalls) -> None:
+        rows = [row for _, row in batch]
         error: BaseException | None = None
         try:
-            with _transaction(conn):
-                for kind, value in batch:
-                    if kind == "insert":
-                        entry: Entry = value
-                        conn.execute(
-                            f"INSERT OR IGNORE INTO {TASKS} (id, func, name, mode, arguments, "
-                            "options, state, attempts, owner, scheduled_at, request) "
-                            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
-                            (
-                                entry.id,
-                                entry.func,
-                                entry.name,
-                                entry.mode,
-                                entry.arguments,
-                                entry.options,
-                                entry.base,
-                                self.owner,
-                                entry.scheduled_at,
-                                entry.request,
-                            ),
-                        )
-                        inserted.append(entry)
-                    elif kind == "attempt":
-                        ident, attempts, now = value
-                        conn.execute(
-                            f"UPDATE {TASKS} SET attempts = ?, started_at = "
-                            "coalesce(started_at, ?) WHERE id = ? AND owner = ?",
-                            (attempts, now, ident, self.owner),
-                        )
-                    else:  # finish
-                        conn.execute(
-                            f"UPDATE {TASKS} SET state = ?, finished_at = ?, error = ?, "
-                            "attempts = ? WHERE id = ? AND owner = ?",
-                            (*value, self.owner),
-                        )
-                        finished.append(value[-1])
+            conn.execute(_UPSERT, (self.owner, json.dumps(rows, separators=(",", ":"))))
         except sqlite3.Error as exc:
             error = exc
-            self.failed_batches += 1
             logger.error(
                 "the task journal %s could not commit %d change(s): %r",
                 self.settings.path,
@@ -640,12 +665,17 @@ class _Writer:
                 exc,
             )
         else:
-            self.mine.update(entry.id for entry in inserted)
-            self.mine.difference_update(finished)
-        if inserted:
-            self.loop.call_soon_threadsafe(self.landed, inserted, error)
+            mine = self.mine
+            for row in rows:
+                if row[6] == "pending":
+                    mine.add(row[0])
+                else:
+                    mine.discard(row[0])
+        landed = [entry for entry, _ in batch if entry is not None]
+        if landed:
+            loop.call_soon_threadsafe(self.landed, landed, error)
 
-    def tick(self, conn: sqlite3.Connection) -> None:
+    def tick(self, conn: sqlite3.Connection, loop: LoopCalls) -> None:
         """Renew the lease, take over dead processes' rows, purge old ones."""
         settings = self.settings
         now = time.time()
@@ -696,9 +726,9 @@ class _Writer:
                 settings.lease,
                 len(lost),
             )
-            self.loop.call_soon_threadsafe(self.lose, lost)
+            loop.call_soon_threadsafe(self.lose, lost)
         if claimed:
-            self.loop.call_soon_threadsafe(self.adopt, claimed)
+            loop.call_soon_threadsafe(self.adopt, claimed)
 
     def claim(self, conn: sqlite3.Connection, now: float) -> list[Revived]:
         """Take the unfinished rows nobody alive owns; read them back as runnable work."""
