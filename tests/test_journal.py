@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -71,6 +71,7 @@ async def until(point: str) -> None:
 
 async def note(value: int) -> None:
     RAN.append(value)
+    reached(f"note {value}")
 
 
 def note_sync(value: int) -> None:
@@ -164,7 +165,7 @@ def make_app(journal: Any, **options: Any) -> tuple[FastAPI, TaskManager]:
 @asynccontextmanager
 async def running(
     journal: Any, **options: Any
-) -> AsyncIterator[tuple[httpx2.AsyncClient, TaskManager]]:
+) -> AsyncGenerator[tuple[httpx2.AsyncClient, TaskManager], None]:
     app, manager = make_app(journal, **options)
     async with serving(app) as client:
         yield client, manager
@@ -201,8 +202,8 @@ async def test_immediate_and_after_route_rows_are_committed_before_the_response_
         await app(scope, receive, watching)
 
     async with serving(app):
-        transport = httpx2.ASGITransport(app=probe)
-        async with httpx2.AsyncClient(transport=transport, base_url="http://t") as client:
+        client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=probe), base_url="http://t")
+        async with client:
             assert (await client.get("/three")).status_code == 200
         await manager.join(WAIT)
     assert on_disk == [2]
@@ -211,9 +212,11 @@ async def test_immediate_and_after_route_rows_are_committed_before_the_response_
 def test_a_websocket_records_its_work_without_holding_anything(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     app, manager = make_app(path)
-    with TestClient(app) as client:
-        with client.websocket_connect("/ws") as websocket:
-            assert websocket.receive_text() == "scheduled"
+    client = TestClient(app)
+    with client:
+        session = client.websocket_connect("/ws")
+        with session:
+            assert session.receive_text() == "scheduled"
         manager.join_blocking(WAIT)
     assert RAN == [5]
     assert [row["state"] for row in rows(path)] == ["succeeded"]
@@ -376,7 +379,7 @@ async def test_what_cannot_be_found_again_is_refused_at_the_call(tmp_path: Path)
         with pytest.raises(TypeError):
             durable.schedule(local, 1)
         with pytest.raises(TypeError):
-            durable.schedule(note, object())  # type: ignore[arg-type]
+            durable.schedule(note, object())  # type: ignore[call-overload]
         with pytest.raises(TypeError, match="on_error"):
             manager.task(durable=True, on_error=lambda task, exc: None).schedule(note, 1)
 
@@ -538,6 +541,7 @@ async def test_a_process_that_lost_its_lease_stops_the_work_it_lost(
 async def test_rows_of_a_dead_owner_are_taken_over(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     async with running(SQLiteJournal(path, lease=0.2)) as (_, manager):
+        SIGNALS["note 11"] = anyio.Event()
         GATES["d"] = anyio.Event()
         await manager.task(durable=True).schedule(block, "d").started.wait()
         conn = sqlite3.connect(path)
@@ -551,9 +555,7 @@ async def test_rows_of_a_dead_owner_are_taken_over(tmp_path: Path) -> None:
                 "'pending', 0, 'gone:1:y', 0)"
             )
         conn.close()
-        with anyio.fail_after(WAIT):
-            while 11 not in RAN:
-                await anyio.sleep(0.01)
+        await until("note 11")
         GATES["d"].set()
         await manager.join(WAIT)
     assert {row["state"] for row in rows(path)} == {"succeeded"}

@@ -70,13 +70,14 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
 __all__ = [
+    "AppScope",
     "BrokerJob",
     "Deferrer",
     "Engine",
     "Scheduler",
+    "Scope",
     "TaskManager",
     "TaskStats",
-    "Scope",
     "current_scope",
     "find_current_manager",
 ]

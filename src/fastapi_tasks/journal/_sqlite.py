@@ -492,7 +492,7 @@ class SQLiteJournal:
                 "cannot share one SQLiteJournal object; give each its own)"
             )
         settings = _Settings(
-            path=os.path.abspath(self.path),
+            path=self.path,
             lease=self.lease,
             retention=None if self.retention is None else self.retention.total_seconds(),
             lock_timeout=self.lock_timeout,
@@ -570,6 +570,10 @@ class _Writer:
 
     def open(self) -> None:
         settings = self.settings
+        # Against the working directory of this moment, the app's startup.
+        self.settings = settings = dataclasses.replace(
+            settings, path=os.path.abspath(settings.path)
+        )
         conn = connect(settings.path, settings.lock_timeout)
         try:
             conn.execute(f"PRAGMA synchronous={settings.synchronous.upper()}")
