@@ -91,8 +91,8 @@ async def fail(value: int) -> None:
 
 
 async def fail_then_block(name: str) -> None:
-    """Fails while no gate of its name exists, then blocks on it: a run cut short by shutdown."""
-    if name not in GATES:
+    """Fails the first time, then blocks on its gate: a run cut short by shutdown."""
+    if ("failed", name) not in RAN:
         RAN.append(("failed", name))
         reached(f"{name} failed")
         raise RuntimeError("not yet")
@@ -303,11 +303,9 @@ async def test_interrupted_attempts_count_against_retries(tmp_path: Path) -> Non
     path = tmp_path / "j.db"
     async with running(path) as (_, manager):
         # retries=2: the first attempt fails, the second is cut short by shutdown.
-        SIGNALS["x failed"] = anyio.Event()
         SIGNALS["x started"] = anyio.Event()
-        manager.task(durable=True, retries=2).schedule(fail_then_block, "x")
-        await until("x failed")
         GATES["x"] = anyio.Event()
+        manager.task(durable=True, retries=2).schedule(fail_then_block, "x")
         await until("x started")
     assert rows(path)[0]["attempts"] == 2
     GATES.clear()
