@@ -19,6 +19,10 @@ A variant is ``impl`` or ``impl-mode``:
 ``taskflow[-eager|-depends]``  fastapi-taskflow (in its own environment): ``add_task(work)``,
                           ``add_task(work, eager=True)``, or ``add_task(work)`` on
                           ``Depends(task_manager.get_tasks)``; built by ``_taskflow``
+``journal-MODE``          ``library-MODE`` on an app that has a journal too
+                          (``add_tasks(app, journal=path)``): non-durable work beside it
+``arg-*``, ``durable-*``, ``tfmemory-*``, ``tfsnapshot-*``  the durable-work section's apps
+                          (one numbered task per request); built by ``_durable``
 ========================  ==================================================================
 
 Every endpoint schedules its work ``count`` times through the same ``fire`` closure,
@@ -57,6 +61,7 @@ __all__ = [
     "schedule_timings",
     "tasks_per_request",
     "timed_fire",
+    "uses_file",
 ]
 
 T = TypeVar("T")
@@ -141,6 +146,11 @@ def tasks_per_request(variant: str, count: int = 1) -> int:
     return count * (3 if mode == "all" else 1)
 
 
+def uses_file(variant: str) -> bool:
+    """Whether ``variant``'s app keeps an SQLite file (``build_app`` needs its ``path``)."""
+    return variant.startswith(("journal-", "durable-", "tfsnapshot-"))
+
+
 def new_app(lifespan: Callable[[FastAPI], Any] | None = None) -> FastAPI:
     # No docs routes: they would sit ahead of the measured route.
     return FastAPI(openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
@@ -203,13 +213,21 @@ def _background_fire(mode: str, work: Work, count: int) -> Fire[BackgroundTasks]
     return fire
 
 
-def build_app(variant: str, *, count: int = 1, work: str = "noop", timed: bool = False) -> FastAPI:
+def build_app(
+    variant: str,
+    *,
+    count: int = 1,
+    work: str = "noop",
+    timed: bool = False,
+    path: str | None = None,
+) -> FastAPI:
     """Return a fresh app serving ``variant`` at ``GET /``.
 
     ``count`` is how many times the endpoint schedules its work per request;
     ``work`` is ``noop`` (returns at once) or ``blocked`` (waits for
     :func:`open_gate`); ``timed`` records the scheduling loop in
-    :data:`schedule_timings`.
+    :data:`schedule_timings`; ``path`` is the SQLite file of the variants that
+    have one (see :func:`uses_file`).
     """
     impl, _, mode = variant.partition("-")
     job: Work = blocked if work == "blocked" else noop
@@ -282,6 +300,18 @@ def build_app(variant: str, *, count: int = 1, work: str = "noop", timed: bool =
         from ._taskflow import build_taskflow_app
 
         app = build_taskflow_app(mode, job, count, timed)
+
+    elif impl == "journal":
+        from ._library import build_library_app
+
+        if path is None:
+            raise ValueError(f"{variant} needs a journal file")
+        app = build_library_app(mode, job, count, timed, journal=path)
+
+    elif impl in ("arg", "durable", "tfmemory", "tfsnapshot"):
+        from ._durable import build_durable_app
+
+        app = build_durable_app(variant, count=count, path=path)
 
     else:
         raise ValueError(f"unknown variant {variant!r}")

@@ -58,10 +58,19 @@ def _library_fire(mode: str, work: Work, count: int) -> Fire[Tasks]:
     return fire
 
 
-def build_library_app(mode: str, work: Work, count: int, timed: bool) -> FastAPI:
-    """The app of variant ``library-MODE`` (see :func:`benchmarks._apps.build_app`)."""
+def build_library_app(
+    mode: str, work: Work, count: int, timed: bool, journal: str | None = None
+) -> FastAPI:
+    """The app of variant ``library-MODE`` (see :func:`benchmarks._apps.build_app`).
+
+    With ``journal``, the app has that journal file too (``journal-MODE``); its work
+    is not durable.
+    """
     app = new_app()
-    add_tasks(app)
+    if journal is None:
+        add_tasks(app)
+    else:
+        add_tasks(app, journal=journal)
     if mode == "none":
 
         @app.get("/")

@@ -29,14 +29,15 @@ worker thread on every request.
 # so FastAPI must receive it evaluated.
 
 import importlib
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Protocol, cast
 
 from fastapi import BackgroundTasks, Depends, FastAPI
 
 from ._apps import OK, Fire, Work, new_app, timed_fire
 
-__all__ = ["INSTALLING", "build_taskflow_app"]
+__all__ = ["INSTALLING", "build_taskflow_app", "build_taskflow_persisting_app"]
 
 INSTALLING = ("taskflow", "taskflow-eager")
 """The variants that patch FastAPI process-wide through ``task_manager.install(app)``."""
@@ -56,7 +57,7 @@ class ManagedTasks(Protocol):
 class TaskManager(Protocol):
     """What the apps use of ``fastapi_taskflow.TaskManager``."""
 
-    def task(self) -> Callable[[Work], Work]: ...
+    def task(self, *, persist: bool = False) -> Callable[[Callable[..., Any]], Any]: ...
 
     def get_tasks(self, background_tasks: BackgroundTasks) -> ManagedTasks: ...
 
@@ -128,5 +129,48 @@ def build_taskflow_app(mode: str, work: Work, count: int, timed: bool) -> FastAP
         async def taskflow(background_tasks: BackgroundTasks) -> dict[str, bool]:
             fire(cast(ManagedTasks, background_tasks))
             return OK
+
+    return app
+
+
+def build_taskflow_persisting_app(
+    eager: bool, work: Callable[[int], Coroutine[Any, Any, None]], count: int, snapshot: str | None
+) -> FastAPI:
+    """An app of the durable-work section: ``add_task(work, i)``, in memory or persisted.
+
+    With ``snapshot``, the process's manager is ``TaskManager(snapshot_db=snapshot,
+    requeue_pending=True)`` and ``work`` is registered with ``persist=True``: its SQLite
+    persistence with everything it offers to get unfinished work back. What that
+    persists, and when: completed tasks (one commit per task, right after it
+    succeeded, from a thread pool; and a periodic flush), and unfinished ones only at
+    a clean shutdown. Without it, the manager is in memory only. Either way FastAPI is
+    patched by ``install(app)`` (its quick start): run one such app per process, with
+    no other ``BackgroundTasks`` app measured beside it.
+    """
+    manager = _Process.manager
+    if manager is None:
+        module = importlib.import_module("fastapi_taskflow")
+        if snapshot is None:
+            manager = module.TaskManager()
+        else:
+            manager = module.TaskManager(snapshot_db=snapshot, requeue_pending=True)
+        _Process.manager = manager
+        app = new_app()
+        manager.init_app(app)  # the first app's lifespan starts and stops it
+    else:
+        app = new_app()
+    if not _Process.installed:
+        manager.install(app)
+        _Process.installed = True
+    registered = manager.task(persist=snapshot is not None)(work)
+    numbers = itertools.count()
+
+    @app.get("/")
+    async def taskflow(background_tasks: BackgroundTasks) -> dict[str, bool]:
+        tasks = cast(ManagedTasks, background_tasks)
+        for _ in range(count):
+            if tasks.add_task(registered, next(numbers), eager=eager) is None:
+                raise RuntimeError("not a fastapi-taskflow ManagedBackgroundTasks")
+        return OK
 
     return app

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._report import render
+from ._report import render, render_durable, splice
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work"
@@ -62,6 +62,23 @@ TASKFLOW = ["taskflow-depends"]
 TASKFLOW_INSTALLING = ["taskflow", "taskflow-eager"]
 MICRO = ["library-immediate", "library-after_route", "library-after_response"]
 MICRO_REFERENCES = ["create_task", "start_soon"]
+# The durable-work section (see ``_durable``). Its instruction counts build these apps
+# in every process: non-durable work with and without a journal beside it.
+DURABLE_MODES = ["immediate", "after_route", "after_response"]
+JOURNAL_BUILT = [
+    "bare",
+    "background",
+    *(f"library-{mode}" for mode in DURABLE_MODES),
+    *(f"journal-{mode}" for mode in DURABLE_MODES),
+]
+DURABLE_LOAD = [
+    "arg-background",
+    *(f"arg-{mode}" for mode in DURABLE_MODES),
+    *(f"durable-{mode}-{sync}" for sync in ("full", "normal") for mode in DURABLE_MODES),
+]
+DURABLE_BATCH = ["arg-immediate", "durable-immediate-full", "durable-immediate-normal"]
+TASKFLOW_LOAD = ["tfmemory-eager", "tfsnapshot-eager", "tfmemory-after", "tfsnapshot-after"]
+TASKFLOW_BATCH = ["tfmemory-eager", "tfsnapshot-eager"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,9 @@ class Env:
 
     key: str
     python: str
+    source: str | None = None
+    """A folder put first on the workers' path: this checkout's ``src/`` for "current",
+    so a git worktree measures its own code whatever the editable install points at."""
 
     def worker(self, *args: str) -> list[str]:
         return [self.python, "-m", "benchmarks.worker", *args]
@@ -89,6 +109,10 @@ class Sizes:
     connections: int
     fanout_tasks: int
     rounds: int
+    durable_connections: int
+    durable_seconds: int
+    durable_rounds: int
+    durable_batch: int
 
 
 FULL = Sizes(
@@ -102,6 +126,10 @@ FULL = Sizes(
     connections=16,
     fanout_tasks=100_000,
     rounds=3,
+    durable_connections=64,
+    durable_seconds=2,
+    durable_rounds=2,
+    durable_batch=10_000,
 )
 QUICK = Sizes(
     count_requests=50,
@@ -114,6 +142,10 @@ QUICK = Sizes(
     connections=16,
     fanout_tasks=5_000,
     rounds=1,
+    durable_connections=64,
+    durable_seconds=1,
+    durable_rounds=1,
+    durable_batch=1_000,
 )
 
 
@@ -122,10 +154,12 @@ def log(message: str) -> None:
     sys.stderr.flush()
 
 
-def _environ() -> dict[str, str]:
+def _environ(env: Env) -> dict[str, str]:
     environ = dict(os.environ)
     environ["PYTHONHASHSEED"] = "0"  # the same dict layouts in every process
     environ.pop("PYTHONPATH", None)
+    if env.source is not None:
+        environ["PYTHONPATH"] = env.source
     return environ
 
 
@@ -134,7 +168,7 @@ def run_worker(env: Env, *args: str, timeout: float = 120) -> dict[str, Any]:
     done = subprocess.run(
         env.worker(*args),
         cwd=ROOT,
-        env=_environ(),
+        env=_environ(env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -160,6 +194,7 @@ def _cachegrind(
     env: Env, variants: list[str], measure: str, requests: int, warmup: int, job: int
 ) -> int:
     out = WORK / f"cachegrind.{os.getpid()}.{job}.out"
+    files = WORK / f"cachegrind.{os.getpid()}.{job}.sqlite"  # of apps with a journal
     command = [
         "valgrind",
         "--tool=cachegrind",
@@ -175,11 +210,15 @@ def _cachegrind(
             str(requests),
             "--warmup",
             str(warmup),
+            "--file",
+            str(files),
         ),
     ]
     done = subprocess.run(
-        command, cwd=ROOT, env=_environ(), capture_output=True, text=True, timeout=300
+        command, cwd=ROOT, env=_environ(env), capture_output=True, text=True, timeout=300
     )
+    for file in WORK.glob(f"{files.name}.*"):
+        file.unlink()
     if done.returncode != 0:
         raise RuntimeError(f"cachegrind {env.key} {measure} failed:\n{done.stderr[-3000:]}")
     text = out.read_text()
@@ -274,6 +313,7 @@ def measure_inprocess(
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 _PERCENTILE = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _RATE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+_TOTAL = re.compile(r"^\s*(\d+) requests in ", re.MULTILINE)
 
 
 def _get(port: int) -> int:
@@ -285,13 +325,27 @@ def _get(port: int) -> int:
         connection.close()
 
 
+def _get_json(port: int, path: str) -> dict[str, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise RuntimeError(f"GET {path} answered {response.status}")
+    found: dict[str, Any] = json.loads(body)
+    return found
+
+
 @contextmanager
-def serving(env: Env, variant: str) -> Generator[int, None, None]:
+def serving(env: Env, variant: str, *options: str) -> Generator[int, None, None]:
     """Serve ``variant`` with uvicorn on 127.0.0.1 (the worker picks a free port); yield it."""
     server = subprocess.Popen(
-        env.worker("serve", "--variant", variant),
+        env.worker("serve", "--variant", variant, *options),
         cwd=ROOT,
-        env=_environ(),
+        env=_environ(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -342,10 +396,16 @@ def _wrk(port: int, seconds: int, connections: int) -> dict[str, float]:
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk saw errors:\n{out}")
     rate = _RATE.search(out)
+    total = _TOTAL.search(out)
     percentiles = {p: float(v) * _UNITS[u] for p, v, u in _PERCENTILE.findall(out)}
-    if rate is None or set(percentiles) != {"50", "99"}:
+    if rate is None or total is None or set(percentiles) != {"50", "99"}:
         raise RuntimeError(f"cannot read wrk's output:\n{out}")
-    return {"rps": float(rate.group(1)), "p50": percentiles["50"], "p99": percentiles["99"]}
+    return {
+        "rps": float(rate.group(1)),
+        "p50": percentiles["50"],
+        "p99": percentiles["99"],
+        "requests": float(total.group(1)),
+    }
 
 
 def measure_e2e(
@@ -390,6 +450,114 @@ def measure_processes(
     return {"tasks": sizes.fanout_tasks, "runs": runs}
 
 
+# -- durable work: the SQLite journal -----------------------------------------------------
+
+
+def _fresh(folder: Path) -> Path:
+    """An empty ``folder`` for this run's SQLite files (on the repository's disk, not a
+    tmpfs: ``synchronous="full"`` pays for real syncs)."""
+    if folder.exists():
+        for file in folder.iterdir():
+            file.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def measure_durable_load(
+    variants: list[tuple[str, str]], all_envs: dict[str, Env], sizes: Sizes
+) -> dict[str, Any]:
+    """Each variant served by uvicorn, loaded by wrk; SQLite statements counted per run.
+
+    Variants that keep a file answer ``GET _durable.SQLITE_STATS`` (a route after the
+    measured one) with the commits and rows their process wrote so far: read before and
+    after every wrk run.
+    """
+    from ._apps import uses_file
+    from ._durable import SQLITE_STATS
+
+    files = _fresh(WORK / "durable-load")
+    results: dict[str, list[dict[str, float]]] = {}
+    with ExitStack() as stack:
+        ports: dict[str, int] = {}
+        for key, name in variants:
+            options = ("--file", str(files / "serve")) if uses_file(name) else ()
+            ports[f"{key}:{name}"] = stack.enter_context(serving(all_envs[key], name, *options))
+        for port in ports.values():  # warm up
+            _wrk(port, 1, sizes.durable_connections)
+        for round_no in range(sizes.durable_rounds):
+            for label in rotated(list(ports), round_no):
+                port = ports[label]
+                counted = uses_file(label.partition(":")[2])
+                before = _get_json(port, SQLITE_STATS) if counted else {}
+                run = _wrk(port, sizes.durable_seconds, sizes.durable_connections)
+                if counted:
+                    after = _get_json(port, SQLITE_STATS)
+                    run.update({key: after[key] - before[key] for key in after})
+                results.setdefault(label, []).append(run)
+    return {
+        "connections": sizes.durable_connections,
+        "seconds": sizes.durable_seconds,
+        "runs": results,
+    }
+
+
+def measure_durable_batch(
+    variants: list[tuple[str, str]], all_envs: dict[str, Env], sizes: Sizes
+) -> dict[str, Any]:
+    files = _fresh(WORK / "durable-batch")
+    runs: dict[str, list[dict[str, Any]]] = {}
+    labels = [f"{key}:{name}" for key, name in variants]
+    for round_no in range(sizes.durable_rounds):
+        for label in rotated(labels, round_no):
+            key, _, name = label.partition(":")
+            base = files / f"batch{round_no}"
+            result = run_worker(
+                all_envs[key],
+                "batch",
+                "--variant",
+                name,
+                "--tasks",
+                str(sizes.durable_batch),
+                "--file",
+                str(base),
+                timeout=180,
+            )
+            runs.setdefault(label, []).append(result)
+    return {"tasks": sizes.durable_batch, "runs": runs}
+
+
+def run_durable(envs: dict[str, Env], sizes: Sizes) -> dict[str, Any]:
+    """The durable-work section: every figure in it, from one run."""
+    started = time.monotonic()
+    taskflow = "taskflow" in envs
+
+    def step(name: str) -> None:
+        log(f"durable work: {name} (at {time.monotonic() - started:.0f} s)")
+
+    filesystem = _output(["stat", "--file-system", "--format=%T", str(WORK)])
+    result: dict[str, Any] = {
+        "commit": describe_commit(),
+        "date": _now(),
+        "filesystem": filesystem,
+    }
+    step("instructions per request, with and without a journal (cachegrind)")
+    measured = [name for name in JOURNAL_BUILT if name != "bare"]
+    result["instructions"] = measure_instructions(
+        {"current": (JOURNAL_BUILT, measured)}, envs, sizes
+    )["current"]
+    step("requests under load, uvicorn and wrk")
+    load = [("current", name) for name in DURABLE_LOAD]
+    load += [("taskflow", name) for name in TASKFLOW_LOAD if taskflow]
+    result["load"] = measure_durable_load(load, envs, sizes)
+    step(f"{sizes.durable_batch:,} tasks from one request")
+    batch = [("current", name) for name in DURABLE_BATCH]
+    batch += [("taskflow", name) for name in TASKFLOW_BATCH if taskflow]
+    result["batch"] = measure_durable_batch(batch, envs, sizes)
+    result["seconds"] = time.monotonic() - started
+    step("done")
+    return result
+
+
 # -- the machine ----------------------------------------------------------------------------
 
 
@@ -426,6 +594,17 @@ print(json.dumps({{"python": sys.version.split()[0], "packages": packages}}))
 """
 
 
+def describe_commit() -> str:
+    dirty = _output(["git", "status", "--porcelain", "--untracked-files=no"])
+    return _output(["git", "rev-parse", "--short", "HEAD"]) + (
+        "" if dirty in ("", "not found") else " (with uncommitted changes)"
+    )
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
 def describe_machine(all_envs: dict[str, Env]) -> dict[str, Any]:
     cpu = "unknown"
     with open("/proc/cpuinfo") as cpuinfo:
@@ -436,7 +615,6 @@ def describe_machine(all_envs: dict[str, Env]) -> dict[str, Any]:
     environments = {
         key: json.loads(_output([env.python, "-c", _VERSIONS])) for key, env in all_envs.items()
     }
-    dirty = _output(["git", "status", "--porcelain", "--untracked-files=no"])
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -444,9 +622,8 @@ def describe_machine(all_envs: dict[str, Env]) -> dict[str, Any]:
         "environments": environments,
         "valgrind": _output(["valgrind", "--version"]),
         "wrk": _output(["wrk", "--version"]).split(" Copyright")[0],
-        "commit": _output(["git", "rev-parse", "--short", "HEAD"])
-        + ("" if dirty in ("", "not found") else " (with uncommitted changes)"),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": describe_commit(),
+        "date": _now(),
         "load_before": os.getloadavg()[0],
     }
 
@@ -464,6 +641,13 @@ def main(argv: list[str] | None = None) -> None:
         "--taskflow-note", default=None, help="how it was installed, or why it is missing"
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument(
+        "--only",
+        choices=["durable"],
+        default=None,
+        help="run one section: its results replace the same section of the last full "
+        "run's, and of the page",
+    )
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument(
         "--report-only", action="store_true", help="re-render the last results.json"
@@ -474,16 +658,34 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
     results_file = WORK / ("results-quick.json" if args.quick else "results.json")
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    sizes = QUICK if args.quick else FULL
+    taskflow = Taskflow(args.taskflow_version, args.taskflow_python, args.taskflow_note)
+    if args.only == "durable":
+        envs, skipped = environments(args.old_python, taskflow)
+        durable = run_durable(envs, sizes)
+        durable["quick"] = args.quick
+        durable["taskflow"] = {"version": taskflow.version, "note": skipped}
+        durable["machine"] = describe_machine(envs)
+        if results_file.exists():  # a later --report-only keeps it
+            results = json.loads(results_file.read_text())
+            results["durable"] = durable
+            results_file.write_text(json.dumps(results, indent=1))
+        (WORK / ("durable-quick.json" if args.quick else "durable.json")).write_text(
+            json.dumps(durable, indent=1)
+        )
+        page = output.read_text() if output.exists() else ""
+        output.write_text(splice(page, render_durable(durable)))
+        log(f"wrote the durable work section of {output}")
+        return
     if args.report_only:
         results = json.loads(results_file.read_text())
     else:
-        taskflow = Taskflow(args.taskflow_version, args.taskflow_python, args.taskflow_note)
-        results = run_all(args.old_python, taskflow, QUICK if args.quick else FULL, args.quick)
+        results = run_all(args.old_python, taskflow, sizes, args.quick)
         if args.started is not None:  # count the installs too
             results["seconds"] = time.time() - args.started
         results_file.write_text(json.dumps(results, indent=1))
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(render(results))
     log(f"wrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
 
@@ -512,15 +714,24 @@ def check_taskflow(taskflow: Taskflow) -> str | None:
     return None
 
 
-def run_all(old_python: str, taskflow: Taskflow, sizes: Sizes, quick: bool) -> dict[str, Any]:
-    started = time.monotonic()
-    envs = {"current": Env("current", sys.executable), "0.1.0": Env("0.1.0", old_python)}
+def environments(old_python: str, taskflow: Taskflow) -> tuple[dict[str, Env], str | None]:
+    """The environments to run workers in; why fastapi-taskflow's is missing, if it is."""
+    envs = {
+        "current": Env("current", sys.executable, str(ROOT / "src")),
+        "0.1.0": Env("0.1.0", old_python),
+    }
     skipped = check_taskflow(taskflow)
     if skipped is None:
         assert taskflow.python is not None
         envs["taskflow"] = Env("taskflow", taskflow.python)
     else:
         log(f"fastapi-taskflow {taskflow.version} not measured: {skipped}")
+    return envs, skipped
+
+
+def run_all(old_python: str, taskflow: Taskflow, sizes: Sizes, quick: bool) -> dict[str, Any]:
+    started = time.monotonic()
+    envs, skipped = environments(old_python, taskflow)
     results: dict[str, Any] = {
         "quick": quick,
         "machine": describe_machine(envs),
@@ -602,6 +813,10 @@ def run_all(old_python: str, taskflow: Taskflow, sizes: Sizes, quick: bool) -> d
         envs,
         sizes,
     )
+    step("durable work")
+    results["durable"] = run_durable(envs, sizes)
+    results["durable"]["quick"] = quick
+    results["durable"]["taskflow"] = {"version": taskflow.version, "note": skipped}
     results["seconds"] = time.monotonic() - started
     results["machine"]["load_after"] = os.getloadavg()[0]
     step("done")

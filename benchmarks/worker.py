@@ -19,6 +19,12 @@ Commands:
                monitor is read meanwhile: how many messages it sent.
 ``memory``     one request schedules ``--tasks`` tasks that block on an event: resident
                memory per pending task.
+``batch``      the durable-work section's fan-out: one request schedules ``--tasks``
+               numbered no-op tasks; time until all ran, and until the SQLite file
+               holds every one as finished (when the variant keeps one).
+
+Variants that keep an SQLite file (``_apps.uses_file``) take it from ``--file``: each
+app of the process gets that path with its own suffix.
 """
 
 from __future__ import annotations
@@ -38,7 +44,15 @@ from typing import Any
 from starlette.types import Message
 
 from . import _apps
-from ._apps import begun, build_app, finished, open_gate, schedule_timings, tasks_per_request
+from ._apps import (
+    begun,
+    build_app,
+    finished,
+    open_gate,
+    schedule_timings,
+    tasks_per_request,
+    uses_file,
+)
 from ._asgi import Client, running
 
 _PAGE = resource.getpagesize()
@@ -78,9 +92,23 @@ async def _settle(name: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _count(variants: list[str], measure: str, requests: int, warmup: int) -> None:
+def _path(file: str | None, variant: str, suffix: str = "") -> str | None:
+    """The SQLite file of ``variant``'s app, if it keeps one."""
+    if not uses_file(variant):
+        return None
+    if file is None:
+        raise SystemExit(f"{variant} keeps an SQLite file: give --file")
+    return f"{file}.{variant}{suffix}.db"
+
+
+async def _count(
+    variants: list[str], measure: str, requests: int, warmup: int, file: str | None
+) -> None:
     _apps.bind_loop()
-    apps = {name: (build_app(name), tasks_per_request(name)) for name in variants}
+    apps = {
+        name: (build_app(name, path=_path(file, name)), tasks_per_request(name))
+        for name in variants
+    }
     async with running(apps) as client:
         for name in variants:
             for _ in range(warmup):
@@ -245,10 +273,15 @@ async def _memory(variant: str, tasks: int) -> None:
     _emit({"rss_before": before, "rss_pending": after, "per_task": (after - before) / pending})
 
 
-def _serve(variant: str) -> None:
+def _serve(variant: str, file: str | None) -> None:
     import uvicorn
 
-    app = build_app(variant)
+    path = _path(file, variant)
+    if path is not None:
+        from ._durable import count_statements
+
+        count_statements()
+    app = build_app(variant, path=path)
     # With the protocol named, asyncio sets TCP_NODELAY on accepted connections; without it,
     # Nagle and delayed ACKs add 40 ms to every response.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -266,6 +299,79 @@ def _serve(variant: str) -> None:
     asyncio.run(serve())
 
 
+async def _batch(variant: str, tasks: int, file: str | None) -> None:
+    from ._durable import count_statements, statements
+
+    _apps.bind_loop()
+    path = _path(file, variant)
+    if path is not None:
+        count_statements()
+    # fastapi-taskflow's manager, and so its file, is one per process: the warm-up's rows
+    # land in the same file, and are waited for before the measurement.
+    shared = variant.startswith("tfsnapshot-")
+    warm_path = path if shared else _path(file, variant, ".warm")
+    apps = {
+        "warm": (build_app(variant, count=100, path=warm_path), 100),
+        "batch": (build_app(variant, count=tasks, path=path), tasks),
+    }
+    async with running(apps, check=False) as client:
+        for _ in range(3):
+            await client.request("warm")
+        base = 300 if shared else 0
+        if path is not None:
+            await _settled(path, variant, base)
+        gc.collect()
+        before = statements()
+        start = time.perf_counter()
+        status = await client.call("batch")
+        responded = time.perf_counter() - start
+        client.expected += tasks
+        await finished.reach(client.expected)
+        done = time.perf_counter() - start
+        settled = None
+        if path is not None:
+            await _settled(path, variant, base + tasks)
+            settled = time.perf_counter() - start
+        after = statements()
+    if status != 200:
+        raise RuntimeError(f"{variant}: GET / answered {status}")
+    _emit(
+        {
+            "response": responded,
+            "done": done,
+            "settled": settled,
+            "statements": {key: after[key] - before[key] for key in after},
+        }
+    )
+
+
+# How many of the batch's rows are final, in each library's tables.
+_FINAL = {
+    "durable": "SELECT count(*) FROM fastapi_tasks_journal WHERE state != 'pending'",
+    "tfsnapshot": "SELECT count(*) FROM task_snapshots",
+}
+
+
+async def _settled(path: str, variant: str, tasks: int) -> None:
+    """Return once the file at ``path`` holds ``tasks`` rows as finished.
+
+    Polled every 5 ms from a connection of our own (WAL readers do not block the
+    writer): neither library says when its writes landed.
+    """
+    import sqlite3
+
+    query = _FINAL[variant.partition("-")[0]]
+    reader = sqlite3.connect(path, check_same_thread=False)
+    try:
+        while True:
+            found = await asyncio.to_thread(lambda: reader.execute(query).fetchone()[0])
+            if found >= tasks:
+                return
+            await asyncio.sleep(0.005)
+    finally:
+        reader.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.worker")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -274,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     count.add_argument("--measure", required=True)
     count.add_argument("--requests", type=int, required=True)
     count.add_argument("--warmup", type=int, default=50)
+    count.add_argument("--file", default=None)
     inprocess = commands.add_parser("inprocess")
     inprocess.add_argument("--variants", required=True)
     inprocess.add_argument("--micro", default="")
@@ -284,6 +391,11 @@ def main(argv: list[str] | None = None) -> None:
     inprocess.add_argument("--micro-samples", type=int, default=10)
     serve = commands.add_parser("serve")
     serve.add_argument("--variant", required=True)
+    serve.add_argument("--file", default=None)
+    batch = commands.add_parser("batch")
+    batch.add_argument("--variant", required=True)
+    batch.add_argument("--tasks", type=int, default=10_000)
+    batch.add_argument("--file", default=None)
     for name in ("fanout", "memory"):
         command = commands.add_parser(name)
         command.add_argument("--variant", required=True)
@@ -291,7 +403,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "count":
-        asyncio.run(_count(args.variants.split(","), args.measure, args.requests, args.warmup))
+        asyncio.run(
+            _count(args.variants.split(","), args.measure, args.requests, args.warmup, args.file)
+        )
     elif args.command == "inprocess":
         asyncio.run(
             _inprocess(
@@ -305,7 +419,9 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
     elif args.command == "serve":
-        _serve(args.variant)
+        _serve(args.variant, args.file)
+    elif args.command == "batch":
+        asyncio.run(_batch(args.variant, args.tasks, args.file))
     elif args.command == "fanout":
         asyncio.run(_fanout(args.variant, args.tasks))
     else:
