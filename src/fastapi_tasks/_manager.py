@@ -903,6 +903,14 @@ class TaskManager(Scheduler):
         return self._engine.config
 
     @property
+    def journal(self) -> Any:
+        """The app's journal of durable work (``add_tasks(journal=...)``), else ``None``.
+
+        A [`SQLiteJournal`][fastapi_tasks.journal.SQLiteJournal]; its ``path`` is the file.
+        """
+        return self._engine.journal
+
+    @property
     def running(self) -> bool:
         """Whether the manager accepts work (between lifespan startup and shutdown)."""
         return self._engine.phase == _RUNNING
