@@ -16,6 +16,8 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from .reliability.servers import Server, serve
+from .reliability.servers import ROOT, Server, serve
 
 APP = "examples.durable:app"
 WAIT = 60.0
@@ -232,3 +234,41 @@ def test_a_stalled_worker_stops_the_work_another_took_over(tmp_path: Path) -> No
         assert stalled.alive()
         assert set(_outbox(outbox).values()) == {1}
         assert f"pid={other.process.pid}" in outbox.read_text()
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "locked"])
+def test_a_damaged_journal_stops_the_server_at_startup_naming_the_file(
+    tmp_path: Path, damage: str
+) -> None:
+    journal = tmp_path / "tasks.db"
+    holder: sqlite3.Connection | None = None
+    if damage == "corrupt":
+        journal.write_bytes(b"not a database, whatever it once was\n" * 64)
+        before = journal.read_bytes()
+    else:
+        holder = sqlite3.connect(journal, isolation_level=None)
+        holder.execute("CREATE TABLE other (x)")
+        # Read before locking: closing any descriptor of the file in this process
+        # would drop the lock (POSIX advisory locks belong to the process).
+        before = journal.read_bytes()
+        holder.execute("BEGIN EXCLUSIVE")
+    env = {key: value for key, value in os.environ.items() if key != "COVERAGE_PROCESS_START"}
+    env.update(DURABLE_JOURNAL=str(journal), DURABLE_OUTBOX=str(tmp_path / "outbox.txt"))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "uvicorn", APP, "--host", "127.0.0.1", "--port", "0"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=False,
+        )
+    finally:
+        if holder is not None:
+            holder.execute("ROLLBACK")
+            holder.close()
+    assert result.returncode != 0
+    assert f"cannot open the task journal {journal}" in result.stderr
+    assert ("locked by another process" in result.stderr) == (damage == "locked")
+    assert journal.read_bytes() == before
