@@ -703,7 +703,7 @@ def render(results: dict[str, Any]) -> str:
 DURABLE_HEADING = "## Durable work: the SQLite journal"
 DISTRIBUTED_HEADING = "## Distributed mode"
 DURABLE_TARGET = 100.0
-"""µs a durable task may cost above the same non-durable task, under load (SPEC 14)."""
+"""µs a durable task may cost above the same non-durable task, under load (our target)."""
 
 DURABLE_MODES = ("immediate", "after_route", "after_response")
 DURABLE_LABELS = {
@@ -797,11 +797,12 @@ class _Durable:
             "queued, writes it in one transaction (a grouped commit), and tells the event loop. "
             "Immediate and after-route durable work of a request is committed before the "
             "response starts (the response waits for it); after-response work right after the "
-            "last body message. A task's row is written three times: inserted, its attempt "
-            "counted, its final state. The work here is `async def noop(i: int)`, a module-level "
+            "last body message. A task's row is written twice, in one statement per grouped "
+            "commit each time: inserted (its first attempt counted with it), and with its final "
+            "state. The work here is `async def noop(i: int)`, a module-level "
             "function that does nothing with its argument. The files live on the repository's "
             f"disk ({self.data.get('filesystem', 'unknown')}, not a tmpfs), so "
-            '`synchronous="full"` pays for real syncs. Target (SPEC section 14): a durable task '
+            '`synchronous="full"` pays for real syncs. Target: a durable task '
             f"costs at most {DURABLE_TARGET:.0f} µs more than the same non-durable task under "
             "load, and non-durable work costs the same whether the app has a journal or not.",
             "",
