@@ -582,3 +582,22 @@ async def test_one_journal_object_serves_one_app_at_a_time(tmp_path: Path) -> No
         with pytest.raises(RuntimeError, match="already open"):
             async with serving(app):
                 pass
+
+
+async def test_a_manager_run_without_its_app_runs_unfinished_work_at_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.db"
+    async with running(path) as (_, manager):
+        GATES["m"] = anyio.Event()
+        SIGNALS["m started"] = anyio.Event()
+        manager.task(durable=True).schedule(block, "m")
+        await until("m started")
+    GATES["m"] = anyio.Event()
+    GATES["m"].set()
+    _, manager = make_app(path)
+    async with manager.lifespan():
+        await manager.join(WAIT)
+        assert manager.journal is not None
+    assert RAN[-1] == ("done", "m")
+    assert [row["state"] for row in rows(path)] == ["succeeded"]

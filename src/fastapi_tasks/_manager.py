@@ -1025,8 +1025,11 @@ class TaskManager(Scheduler):
 
         The app's lifespan does this for you (``add_tasks()`` wires it in); use it
         directly only to run a manager without serving its app (a CLI, a script).
+        Unfinished durable work from the app's journal runs again as the block
+        begins (there is no app startup to wait for).
         """
         async with self._engine.lifespan():
+            self._engine.resume()
             yield
 
     async def aclose(self) -> None:
