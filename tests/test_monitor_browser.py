@@ -92,9 +92,29 @@ def build_app() -> FastAPI:
     return app
 
 
+async def charge_card_durably(order: int) -> None:
+    raise ValueError(f"card declined for order {order}")
+
+
+def build_journal_app(journal: Path) -> FastAPI:
+    """An app with a journal: durable work, found again by name, so module-level."""
+    app = FastAPI()
+    add_tasks(app, journal=journal)
+    app.include_router(monitor_router(), prefix="/tasks")
+
+    @app.post("/payments")
+    async def payments(tasks: Tasks) -> dict[str, str]:
+        tasks.after_response.task(durable=True, name="charge card durably").schedule(
+            charge_card_durably, 4321
+        )
+        return {"scheduled": "charge card durably"}
+
+    return app
+
+
 class Server:
-    def __init__(self) -> None:
-        self.app = build_app()
+    def __init__(self, app: FastAPI | None = None) -> None:
+        self.app = build_app() if app is None else app
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", 0))
@@ -124,7 +144,16 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    running = Server()
+    yield from serve(Server())
+
+
+@pytest.fixture(scope="module")
+def journal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    journal = tmp_path_factory.mktemp("journal") / "tasks.db"
+    yield from serve(Server(build_journal_app(journal)))
+
+
+def serve(running: Server) -> Iterator[Server]:
     running.thread.start()
     for _ in range(200):
         if running.server.started:
@@ -250,6 +279,48 @@ def test_a_guard_is_honoured(browser: Browser, server: Server) -> None:
         trusted.close()
     with pytest.raises(urllib.error.HTTPError):
         server.get("/guarded/api/summary")
+
+
+def test_the_journal_panel_shows_a_failed_durable_row(
+    browser: Browser, server: Server, journal_server: Server
+) -> None:
+    # Without a journal the panel stays hidden.
+    plain = browser.new_context()
+    try:
+        page = plain.new_page()
+        page.goto(server.url("/tasks/"))
+        expect(page.locator("#status")).to_have_text("Live", timeout=TIMEOUT)
+        expect(page.locator("#journal")).to_be_hidden()
+    finally:
+        plain.close()
+    journal_server.post("/payments")
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(journal_server.url("/tasks/"))
+        panel = page.locator("#journal")
+        expect(panel).to_be_visible(timeout=TIMEOUT)
+        expect(panel.get_by_role("heading", name="Durable work (journal)")).to_be_visible()
+        # The row lands in the journal when the work ends: the panel shows it on a later read.
+        row = page.locator("#journal-rows tbody tr").filter(has_text="charge card durably")
+        expect(row).to_contain_text("failed", timeout=TIMEOUT)
+        expect(row).to_contain_text("POST /payments")
+        expect(row).to_contain_text("(this process)")
+        expect(page.locator('[data-journal-count="failed"] dd')).to_have_text("1")
+        failure = page.locator("#journal-failures li").first
+        expect(failure).to_contain_text("ValueError: card declined for order 4321")
+        traceback = failure.locator("pre")
+        expect(traceback).to_be_hidden()
+        failure.get_by_text("Traceback", exact=True).focus()
+        page.keyboard.press("Enter")
+        expect(traceback).to_be_visible()
+        expect(traceback).to_contain_text("Traceback (most recent call last)")
+        expect(traceback).to_contain_text("in charge_card_durably")
+        assert errors == []
+    finally:
+        context.close()
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])

@@ -133,6 +133,12 @@ def monitor_router(
         manager = get_task_manager(app)
         state = MonitorState(manager, history, show_arguments)
         states[manager] = state
+        journal = manager.journal
+        if journal is not None:
+            # sqlite3 and the journal's reader: only for apps that have a journal.
+            from ._journal import JournalView
+
+            state.journal = JournalView(journal.path, history, show_arguments)
         manager.add_listener(state.listen, kinds=("finished",))
         if not guarded:
             logger.warning(
@@ -180,12 +186,27 @@ def monitor_router(
 
     @router.get("/api/snapshot")
     async def snapshot(request: Request) -> JSONResponse:
-        return JSONResponse(state_of(request).snapshot(), headers=API_HEADERS)
+        state = state_of(request)
+        data = state.snapshot()
+        view = state.journal
+        if view is not None:
+            data["journal"] = await view.section()
+        return JSONResponse(data, headers=API_HEADERS)
+
+    @router.get("/api/journal")
+    async def journal_section(request: Request) -> JSONResponse:
+        view = state_of(request).journal
+        if view is None:
+            raise HTTPException(404, "this app has no journal: add_tasks(app, journal=...)")
+        section = await view.section()
+        return JSONResponse({"now": time.time(), "journal": section}, headers=API_HEADERS)
 
     @router.get("/api/stream", response_class=EventSourceResponse)
     async def stream(request: Request) -> AsyncIterator[ServerSentEvent]:
         state = state_of(request)
         seen: tuple[int, int, int] | None = None
+        journal_seen = 0  # a view's first read makes its version 1
+        view = state.journal
         quiet = 0.0
         while True:
             state.drain()
@@ -195,6 +216,13 @@ def monitor_router(
                 seen = moved
                 quiet = 0.0
                 yield ServerSentEvent(event="snapshot", raw_data=_dumps(state.snapshot()))
+            if view is not None:
+                # Served from memory but once every INTERVAL: sent only when it changed.
+                section = await view.section()
+                if view.version != journal_seen:
+                    journal_seen = view.version
+                    data = {"now": time.time(), "journal": section}
+                    yield ServerSentEvent(event="journal", raw_data=_dumps(data))
             await anyio.sleep(STREAM_INTERVAL)
             quiet += STREAM_INTERVAL
 

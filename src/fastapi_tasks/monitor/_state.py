@@ -18,7 +18,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -26,6 +26,9 @@ from .._events import TaskEvent
 from .._manager import TaskManager
 from .._request import RequestInfo
 from .._task import Task, TaskMode, TaskState
+
+if TYPE_CHECKING:
+    from ._journal import JournalView
 
 __all__ = ["MonitorState", "TaskRecord"]
 
@@ -259,6 +262,8 @@ class MonitorState:
         self._second = [0] * WINDOW  # which second each bucket holds
         self._done = [0] * WINDOW
         self._failed = [0] * WINDOW
+        self.journal: JournalView | None = None
+        """The app's journal, when it has one: history across restarts and processes."""
 
     # -- taking events in --------------------------------------------------------------
 

@@ -15,6 +15,7 @@ const REASONS = {
 };
 
 let latest = null;
+let latestJournal = null;
 let paused = false;
 let clockOffset = 0; // server time minus browser time, in seconds
 let detailId = null;
@@ -285,6 +286,59 @@ function render(snapshot) {
   document.body.setAttribute("data-updated", String(snapshot.now));
 }
 
+function when(epoch) {
+  if (epoch === null || epoch === undefined) return "–";
+  const date = new Date(epoch * 1000);
+  const today = new Date(now() * 1000).toDateString() === date.toDateString();
+  return (today ? "" : date.toLocaleDateString() + " ") + clock(epoch);
+}
+
+function processName(row) {
+  if (!row.process) return "–";
+  return row.this_process ? `${row.process} (this process)` : row.process;
+}
+
+function stateBadge(state) { return el("span", { className: `state ${state}`, text: state }); }
+
+// The journal: durable work of every process that shares the file, across restarts.
+// It comes as its own event, only when it changed (read at most every few seconds).
+function renderJournal(journal) {
+  latestJournal = journal;
+  $("journal").hidden = false;
+  $("journal-meta").textContent = `From ${journal.path}, shared by every process that uses it; ` +
+    `read at ${when(journal.read_at)}, at most every ${journal.interval} s.`;
+  const error = $("journal-error");
+  error.hidden = !journal.error;
+  error.textContent = journal.error ? `The journal could not be read: ${journal.error}` : "";
+  const counts = journal.counts || {};
+  const items = [
+    ["pending", "Unfinished"], ["succeeded", "Succeeded"], ["failed", "Failed"], ["cancelled", "Cancelled"],
+  ];
+  $("journal-counts").replaceChildren(...items.map(([key, label]) =>
+    el("div", { className: key, "data-journal-count": key },
+      el("dt", { text: label }),
+      el("dd", { text: key in counts ? counts[key].toLocaleString() : "–" }))));
+  fillTable("journal-rows", journal.finished.map((row) => el("tr", { "data-row": row.id },
+    el("th", { scope: "row" }, `${row.name} `, el("span", { className: "count", text: MODES[row.mode] || row.mode })),
+    el("td", {}, stateBadge(row.state)),
+    el("td", { className: "num", text: String(row.attempts) }),
+    el("td", { text: processName(row) }),
+    el("td", { text: when(row.finished) }),
+    el("td", { className: "path", text: row.request || "–" }))));
+  // Re-rendering must not close a traceback someone opened.
+  const open = new Set([...document.querySelectorAll("#journal-failures details[open]")].map((node) => node.dataset.row));
+  const list = $("journal-failures");
+  list.replaceChildren(...journal.failures.map((row) => el("li", { "data-row": row.id },
+    el("div", { className: "name", text: row.name }),
+    el("div", { className: "error", text: row.error || "failed" }),
+    el("div", { className: "meta", text: `${when(row.finished)} · ${MODES[row.mode] || row.mode} · ` +
+      `${row.attempts} attempt(s) · ${processName(row)}` + (row.request ? ` · ${row.request}` : "") }),
+    row.traceback ? el("details", { "data-row": row.id, open: open.has(row.id) },
+      el("summary", { "data-key": `journal-traceback-${row.id}`, text: "Traceback" }),
+      el("pre", { className: "traceback", tabindex: "0", text: row.traceback })) : null)));
+  list.parentElement.querySelector(".empty").hidden = journal.failures.length !== 0;
+}
+
 // The connection's state; it changes rarely, so it is only written when it changes.
 function setStatus(text, kind) {
   const status = $("status");
@@ -356,6 +410,11 @@ function connect() {
     setStatus(paused ? "Paused" : "Live", paused ? "" : "live");
     if (!paused) render(JSON.parse(event.data));
   });
+  source.addEventListener("journal", (event) => {
+    const journal = JSON.parse(event.data).journal;
+    if (paused) latestJournal = journal;
+    else keepFocus(() => renderJournal(journal));
+  });
   source.addEventListener("error", () => setStatus("Connection lost; reconnecting…", "down"));
 }
 
@@ -365,6 +424,7 @@ document.addEventListener("DOMContentLoaded", () => {
     $("pause").setAttribute("aria-pressed", String(paused));
     $("pause").textContent = paused ? "Resume updates" : "Pause updates";
     setStatus(paused ? "Paused" : "Live", paused ? "" : "live");
+    if (!paused && latestJournal) keepFocus(() => renderJournal(latestJournal));
   });
   $("detail").addEventListener("close", () => { detailId = null; });
   connect();
