@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import contextlib
 import functools
 import importlib
 import inspect
@@ -120,18 +121,45 @@ class _Codec:
 class _Plan:
     """A function's signature and one codec per parameter, built once per function."""
 
-    __slots__ = ("codecs", "name", "signature")
+    __slots__ = ("codecs", "name", "names", "required", "signature")
 
     def __init__(self, name: str, signature: inspect.Signature, codecs: dict[str, _Codec]) -> None:
         self.name = name
         self.signature = signature
         self.codecs = codecs
+        # Parameters that all take a value by position or by name: then a call binds
+        # without Signature.bind(), which costs more than the rest of the encoding.
+        plain = all(
+            parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            for parameter in signature.parameters.values()
+        )
+        self.names: tuple[str, ...] | None = tuple(signature.parameters) if plain else None
+        self.required = tuple(
+            name
+            for name, parameter in signature.parameters.items()
+            if parameter.default is inspect.Parameter.empty
+        )
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The arguments given, by parameter name (those left to their defaults are not)."""
+        names = self.names
+        if names is not None and len(args) <= len(names):
+            arguments = dict(zip(names, args))
+            if all(key in names and key not in arguments for key in kwargs):
+                arguments.update(kwargs)
+                if all(name in arguments for name in self.required):
+                    return arguments
+        return dict(self.signature.bind(*args, **kwargs).arguments)
 
 
 _PLANS: weakref.WeakKeyDictionary[Callable[..., Any], _Plan] = weakref.WeakKeyDictionary()
 
 
 # --- the public API ---------------------------------------------------------------------
+
+
+_REFS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+"""Functions already found again by name: ``schedule()`` checks once per function."""
 
 
 def function_ref(func: object) -> str:
@@ -142,6 +170,17 @@ def function_ref(func: object) -> str:
             (a lambda, a nested function, a bound method, a ``functools.partial``, a callable
             instance, a class, a builtin, or a name bound to something else).
     """
+    try:
+        return _REFS[func]
+    except (KeyError, TypeError):  # not seen yet, or not weakly referable
+        pass
+    ref = _find_ref(func)
+    with contextlib.suppress(TypeError):
+        _REFS[func] = ref
+    return ref
+
+
+def _find_ref(func: object) -> str:
     if isinstance(func, functools.partial):
         raise TypeError(
             f"{func!r} is a functools.partial; durable work is found again after a restart "
@@ -233,7 +272,7 @@ def encode_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
     """
     plan = _plan(func)
     try:
-        arguments = plan.signature.bind(*args, **kwargs).arguments
+        arguments = plan.bind(args, kwargs)
     except TypeError as exc:
         raise TypeError(f"durable work {plan.name}: {exc}") from exc
     codecs = plan.codecs

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -67,7 +68,7 @@ CREATE TABLE IF NOT EXISTS {TASKS} (
     finished_at REAL,
     error TEXT,
     request TEXT
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS {TASKS}_unfinished ON {TASKS} (owner) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS {TASKS}_finished ON {TASKS} (finished_at) WHERE state != 'pending';
 CREATE TABLE IF NOT EXISTS {OWNERS} (
@@ -78,6 +79,9 @@ CREATE TABLE IF NOT EXISTS {OWNERS} (
     lease_until REAL NOT NULL
 );
 """
+
+LAZY_WRITES = 0.05
+"""Seconds an attempt's count or a final state may wait to share a commit with new rows."""
 
 RETENTION_EVERY = 3600.0
 """Seconds between two deletions of finished rows past their retention."""
@@ -344,6 +348,8 @@ class SQLiteJournal:
         # Durable work of this process between its record and its end, by row id:
         # what to stop if another process takes the rows over.
         self._live: dict[str, Work] = {}
+        self._prefix = uuid.uuid4().hex[:16]
+        self._counter = itertools.count(1)
 
     def __repr__(self) -> str:
         return f"SQLiteJournal({self.path!r}, lease={self.lease:g})"
@@ -370,12 +376,13 @@ class SQLiteJournal:
             kinds = config.retry_on if isinstance(config.retry_on, tuple) else (config.retry_on,)
             options["retry_on"] = [_type_ref(kind) for kind in kinds]
         entry = Entry(
-            uuid.uuid4().hex,
+            # Unique across processes and restarts without a system call per task.
+            f"{self._prefix}{next(self._counter):x}",
             ref,
             work.name,
             work.mode,
             arguments,
-            json.dumps(options, separators=(",", ":")),
+            json.dumps(options, separators=(",", ":")) if options else "{}",
             0,
         )
         entry.scheduled_at = time.time()
@@ -629,27 +636,40 @@ class _Writer:
         conn: sqlite3.Connection = self.conn  # type: ignore[assignment]
         interval = self.settings.lease / 4
         next_tick = time.monotonic() + interval
+        batch: list[_Op] = []
+        write_by: float | None = None  # the latest moment queued changes are written
         stopping = False
-        while not stopping:
+        while True:
+            deadline = next_tick if write_by is None else min(next_tick, write_by)
             try:
-                first = self.ops.get(timeout=max(0.0, next_tick - time.monotonic()))
+                op: _Op | None = self.ops.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                first = None
-            batch: list[_Op] = []
-            if first is not None:
-                batch.append(first)
-                # Everything queued meanwhile goes into the same commit.
-                while True:
-                    try:
-                        batch.append(self.ops.get_nowait())
-                    except queue.Empty:
-                        break
-            if batch and batch[-1] is _STOP:
-                stopping = True
-                batch.pop()
-            if batch:
+                op = None
+            urgent = False
+            # Everything queued meanwhile goes into the same commit.
+            while op is not None:
+                if op is _STOP:
+                    stopping = True
+                else:
+                    batch.append(op)
+                    urgent = urgent or op[0] is not None
+                try:
+                    op = self.ops.get_nowait()
+                except queue.Empty:
+                    op = None
+            now = time.monotonic()
+            if batch and write_by is None:
+                write_by = now + LAZY_WRITES
+            # New rows are written at once (a response or an attempt waits for them);
+            # attempts and final states wait for them, or at most LAZY_WRITES: under
+            # load they ride along, and a commit is saved per task.
+            if batch and (urgent or stopping or now >= write_by):  # type: ignore[operator]
                 self.write(conn, batch, loop)
-            if time.monotonic() >= next_tick and not stopping:
+                batch = []
+                write_by = None
+            if stopping:
+                break
+            if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + interval
                 self.tick(conn, loop)
         self.release(conn)
