@@ -35,9 +35,9 @@ it accepts decodes to equal arguments (of the same types) in a process running t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
-import contextlib
 import functools
 import importlib
 import inspect
