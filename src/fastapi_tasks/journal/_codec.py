@@ -144,7 +144,7 @@ class _Plan:
         """The arguments given, by parameter name (those left to their defaults are not)."""
         names = self.names
         if names is not None and len(args) <= len(names):
-            arguments = dict(zip(names, args))
+            arguments = dict(zip(names, args, strict=False))  # fewer args: defaults
             if all(key in names and key not in arguments for key in kwargs):
                 arguments.update(kwargs)
                 if all(name in arguments for name in self.required):
