@@ -601,3 +601,22 @@ async def test_a_manager_run_without_its_app_runs_unfinished_work_at_once(
         assert manager.journal is not None
     assert RAN[-1] == ("done", "m")
     assert [row["state"] for row in rows(path)] == ["succeeded"]
+
+
+async def test_an_attempt_waits_for_its_record_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    async with running(SQLiteJournal(path, lock_timeout=WAIT)) as (_, manager):
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            task = manager.task(durable=True).schedule(note, 3)
+            await task.started.wait()
+            assert task.waiting_for == "journal"
+            assert RAN == []
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        await task.wait()
+        assert task.waiting_for is None
+    assert task.state is TaskState.SUCCEEDED
+    assert RAN == [3]

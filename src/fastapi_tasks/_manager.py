@@ -658,7 +658,11 @@ class Engine:
         """An attempt of durable work begins: its row must be on disk first, then counted."""
         journal: Journal = self.journal  # type: ignore[assignment]
         if not journal.is_recorded(work):
-            await journal.wait_recorded(work)
+            work.blocked = "journal"
+            try:
+                await journal.wait_recorded(work)
+            finally:
+                work.blocked = None
         journal.note_attempt(work)
 
     @property

@@ -50,7 +50,9 @@ R = TypeVar("R")
 TaskMode = Literal["immediate", "after_route", "after_response"]
 """When the work was scheduled to start."""
 
-WaitReason = Literal["request", "max_concurrency", "event_loop", "limiter", "thread", "retry"]
+WaitReason = Literal[
+    "request", "max_concurrency", "event_loop", "journal", "limiter", "thread", "retry"
+]
 """What unfinished work waits for ([`Task.waiting_for`][fastapi_tasks.Task.waiting_for])."""
 
 
@@ -175,7 +177,9 @@ class Task(abc.ABC, Generic[R]):
         - ``"event_loop"``: handed over, about to start;
         - ``"limiter"``: its ``limiter`` (the task is running: its attempt began);
         - ``"thread"``: a free worker thread, for ``def`` work (running too);
-        - ``"retry"``: the delay before its next attempt.
+        - ``"retry"``: the delay before its next attempt;
+        - ``"journal"``: durable work, its record's commit (the task is running: its
+          attempt began, the function runs once the row is on disk).
 
         ``None`` while the function runs, and once the task finished.
         """
@@ -185,8 +189,8 @@ class Task(abc.ABC, Generic[R]):
     def started(self) -> Event:
         """An event set when the first attempt begins (``await task.started.wait()``).
 
-        The attempt may then still wait for its ``limiter`` or a worker thread
-        before the function itself is called. Work that ended without starting
+        The attempt may then still wait for its ``limiter``, a worker thread or,
+        for durable work, its record's commit before the function itself is called. Work that ended without starting
         (cancelled or discarded) never sets it: wait on ``wait()`` for the end.
         """
 
@@ -305,7 +309,8 @@ class Work(Task[Any]):
         self.done_event: Event | None = None
         # For lifecycle events and Task.waiting_for: the request that scheduled it and
         # when (recorded only while the manager has listeners), and what a started
-        # attempt waits for ("limiter", "thread", "retry"), written on those paths only.
+        # attempt waits for ("limiter", "thread", "retry", "journal"), written on those
+        # paths only.
         self.request: RequestInfo | None = None
         self.scheduled_at: float | None = None
         self.blocked: WaitReason | None = None

@@ -12,6 +12,7 @@ const REASONS = {
   limiter: "its limiter",
   thread: "a worker thread",
   retry: "its retry delay",
+  journal: "its record in the journal",
 };
 
 let latest = null;
