@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +238,7 @@ async def test_after_response_work_whose_moment_comes_during_shutdown_runs_after
 
         tasks.after_response.task(durable=True).schedule(note, 7)
 
-        async def chunks() -> Any:
+        async def chunks() -> AsyncIterator[bytes]:
             yield b"a"
             response_started.set()
             await body_may_end.wait()
