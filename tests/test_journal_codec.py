@@ -1119,3 +1119,17 @@ def test_plain_union_members_are_tried_in_order() -> None:
 
 def plain_lists(value: list[int] | list[str]) -> None:
     pass
+
+
+def test_keyword_arguments_bind_like_a_call() -> None:
+    assert decode_call(plain, encode_call(plain, (1,), {"b": "x"})) == ((1, "x"), {})
+    assert decode_call(plain, encode_call(plain, (), {"b": "x", "a": 2, "c": 3.5})) == (
+        (2, "x", 3.5),
+        {},
+    )
+    with pytest.raises(TypeError, match="multiple values"):
+        encode_call(plain, (1,), {"a": 2, "b": "x"})
+    with pytest.raises(TypeError, match="missing"):
+        encode_call(plain, (1,), {})
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        encode_call(plain, (1, "x"), {"d": 1})

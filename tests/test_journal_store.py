@@ -77,7 +77,7 @@ def test_a_file_claiming_our_schema_without_our_tables_is_refused(tmp_path: Path
         lambda entries, error: None,
         lambda ids: None,
     )
-    with pytest.raises(FastAPITasksJournalError, match="cannot use the task journal"):
+    with pytest.raises(FastAPITasksJournalError, match="cannot open the task journal"):
         writer.open()
 
 
@@ -309,3 +309,44 @@ async def test_after_response_work_whose_moment_comes_during_shutdown_runs_after
         await again.join(WAIT)
     assert RAN == [7]
     assert TaskState.SUCCEEDED.value == rows(path)[0]["state"]
+
+
+def test_a_file_whose_structure_is_damaged_fails_the_check(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE a (x)")
+    conn.execute("CREATE TABLE b (y)")
+    with conn:
+        conn.executemany("INSERT INTO a VALUES (?)", [("x" * 100,)] * 300)
+    (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'a'").fetchone()
+    conn.execute("PRAGMA writable_schema = ON")
+    with conn:  # two tables on the same pages: what a damaged file looks like to SQLite
+        conn.execute("UPDATE sqlite_master SET rootpage = ? WHERE name = 'b'", (root,))
+    conn.close()
+    with pytest.raises(FastAPITasksJournalError, match="integrity check failed"):
+        _sqlite.connect(str(path), 1.0)
+
+
+async def test_options_that_are_references_come_back_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    async with running(path) as (_, manager):
+        GATES["o"] = anyio.Event()
+        test_journal.SIGNALS["o started"] = anyio.Event()
+        manager.task(
+            durable=True,
+            on_error=test_journal.on_error,
+            retry_on=(test_journal.Transient,),
+            timeout=30,
+        ).schedule(test_journal.block, "o")
+        await test_journal.until("o started")
+    GATES["o"] = anyio.Event()
+    test_journal.SIGNALS["o started"] = anyio.Event()
+    async with running(path) as (_, manager):
+        await test_journal.until("o started")
+        (task,) = manager.tasks
+        assert task.config.on_error is test_journal.on_error
+        assert task.config.retry_on == (test_journal.Transient,)
+        assert task.config.timeout == 30
+        task.cancel()
+        await task.wait()
+    assert rows(path)[0]["state"] == "cancelled"

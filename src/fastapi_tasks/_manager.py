@@ -775,7 +775,9 @@ class Engine:
             async with self.running():
                 yield
         finally:
-            if self.journal_open:  # the runner never started
+            # After the drain and the app's own shutdown: what ended is written, and
+            # what did not is given back for the next process.
+            if self.journal_open:
                 self.journal_open = False
                 await self.journal.close()  # type: ignore[union-attr]
 
@@ -858,9 +860,6 @@ class Engine:
             )
             if self.broker_started:
                 await self.stop_broker(self.broker)  # type: ignore[arg-type]
-            if self.journal_open:
-                self.journal_open = False
-                await self.journal.close()  # type: ignore[union-attr]
 
     def resume(self) -> None:
         """The app's startup completed: unfinished durable work from the journal runs now."""

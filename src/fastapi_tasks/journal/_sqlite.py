@@ -43,7 +43,7 @@ from .._task import Event, LoopCalls, Revived, TaskState, Work
 from ..errors import FastAPITasksJournalError
 from ._codec import decode_call, encode_call, function_ref, resolve
 
-__all__ = ["SCHEMA_VERSION", "Entry", "SQLiteJournal", "connect", "describe_path"]
+__all__ = ["SCHEMA_VERSION", "Entry", "SQLiteJournal", "connect"]
 
 logger = logging.getLogger("fastapi_tasks")
 
@@ -95,14 +95,10 @@ _NEW, _SENT, _STORED, _REFUSED = 0, 1, 2, 3
 HOST = socket.gethostname()
 
 
-def describe_path(path: str | os.PathLike[str]) -> str:
-    return os.fspath(path)
-
-
 def _boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
+    except OSError:  # pragma: no cover - not Linux
         return ""
 
 
@@ -235,11 +231,13 @@ def connect(path: str, lock_timeout: float) -> sqlite3.Connection:
     Raises ``FastAPITasksJournalError`` naming the file when it is not a usable
     journal; it is never replaced or repaired here.
     """
-    conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(
             path, timeout=lock_timeout, isolation_level=None, check_same_thread=False
         )
+    except sqlite3.Error as exc:
+        raise _unusable(path, exc, lock_timeout) from exc
+    try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise FastAPITasksJournalError(
@@ -256,22 +254,23 @@ def connect(path: str, lock_timeout: float) -> sqlite3.Connection:
             conn.executescript(
                 f"BEGIN IMMEDIATE;\n{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
             )
-    except sqlite3.Error as exc:
-        if conn is not None:
-            conn.close()
-        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-            reason = f"it stayed locked by another process for {lock_timeout:g} s"
-        else:
-            reason = f"{exc}"
-        raise FastAPITasksJournalError(
-            f"cannot open the task journal {path}: {reason}. It was left as it is: if it "
-            "is damaged, move it away (keep it to recover its rows) and start again"
-        ) from exc
-    except BaseException:
-        if conn is not None:
-            conn.close()
+    except BaseException as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise _unusable(path, exc, lock_timeout) from exc
         raise
     return conn
+
+
+def _unusable(path: str, exc: sqlite3.Error, lock_timeout: float) -> FastAPITasksJournalError:
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        reason = f"it stayed locked by another process for {lock_timeout:g} s"
+    else:
+        reason = f"{exc}"
+    return FastAPITasksJournalError(
+        f"cannot open the task journal {path}: {reason}. It was left as it is: if it "
+        "is damaged, move it away (keep it to recover its rows) and start again"
+    )
 
 
 @contextlib.contextmanager
@@ -599,13 +598,10 @@ class _Writer:
                 )
                 self.claimed = self.claim(conn, now)
             self.purge(conn, now)
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             conn.close()
-            raise FastAPITasksJournalError(
-                f"cannot use the task journal {settings.path}: {exc}"
-            ) from exc
-        except BaseException:
-            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise _unusable(settings.path, exc, settings.lock_timeout) from exc
             raise
         self.conn = conn
 
