@@ -190,8 +190,9 @@ class Task(abc.ABC, Generic[R]):
         """An event set when the first attempt begins (``await task.started.wait()``).
 
         The attempt may then still wait for its ``limiter``, a worker thread or,
-        for durable work, its record's commit before the function itself is called. Work that ended without starting
-        (cancelled or discarded) never sets it: wait on ``wait()`` for the end.
+        for durable work, its record's commit before the function itself is
+        called. Work that ended without starting (cancelled or discarded) never
+        sets it: wait on ``wait()`` for the end.
         """
 
     @abc.abstractmethod
