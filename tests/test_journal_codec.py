@@ -1133,3 +1133,20 @@ def test_keyword_arguments_bind_like_a_call() -> None:
         encode_call(plain, (1,), {})
     with pytest.raises(TypeError, match="unexpected keyword"):
         encode_call(plain, (1, "x"), {"d": 1})
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [
+        timedelta(microseconds=1),
+        -timedelta(microseconds=1),
+        timedelta(seconds=1, microseconds=5),
+        -timedelta(hours=5, minutes=30, seconds=7, microseconds=900_000),
+    ],
+)
+def test_offsets_with_microseconds_round_trip(offset: timedelta) -> None:
+    when = datetime(2000, 1, 1, 12, 30, 1, 7, tzinfo=timezone(offset))
+    at = time(8, 0, tzinfo=timezone(offset))
+    decoded = roundtrip(temporal, when, date(2000, 1, 1), at, timedelta(0))
+    assert decoded[0].utcoffset() == offset
+    assert decoded[2].utcoffset() == offset

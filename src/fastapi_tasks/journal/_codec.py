@@ -48,7 +48,7 @@ import typing
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any, TypeGuard, TypeVar, cast, get_args, get_origin, get_type_hints
 from uuid import UUID
@@ -557,6 +557,24 @@ def _encode_float(value: object) -> object:
     raise _Refusal(value, "float (finite) or int")
 
 
+def _exact_offset(cls: type[datetime] | type[time], text: str) -> Any:
+    """``fromisoformat()``, keeping an offset with microseconds (``+00:00:00.000001``).
+
+    ``fromisoformat()`` reads such an offset as zero when it is under a second
+    (CPython 3.10-3.13), so the last sixteen characters are read here instead.
+    """
+    value = cls.fromisoformat(text)
+    if value.tzinfo is not None and text[-7:-6] == ".":
+        size = timedelta(
+            hours=int(text[-15:-13]),
+            minutes=int(text[-12:-10]),
+            seconds=int(text[-9:-7]),
+            microseconds=int(text[-6:]),
+        )
+        value = value.replace(tzinfo=timezone(-size if text[-16] == "-" else size))
+    return value
+
+
 def _text(
     cls: type[object], to_text: Callable[[Any], str], from_text: Callable[[str], Any]
 ) -> _Codec:
@@ -609,9 +627,9 @@ _CLASS_CODECS: dict[type, _Codec] = {
     ),
     str: _STR,
     _NONE_TYPE: _NONE,
-    datetime: _text(datetime, datetime.isoformat, datetime.fromisoformat),
+    datetime: _text(datetime, datetime.isoformat, lambda text: _exact_offset(datetime, text)),
     date: _text(date, date.isoformat, date.fromisoformat),
-    time: _text(time, time.isoformat, time.fromisoformat),
+    time: _text(time, time.isoformat, lambda text: _exact_offset(time, text)),
     UUID: _text(UUID, str, UUID),
     Decimal: _text(Decimal, _decimal_text, Decimal),
     timedelta: _Codec(_encode_timedelta, _decode_timedelta, "timedelta", frozenset({"list"})),
