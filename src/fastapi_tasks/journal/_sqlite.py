@@ -83,6 +83,11 @@ CREATE TABLE IF NOT EXISTS {OWNERS} (
 LAZY_WRITES = 0.05
 """Seconds an attempt's count or a final state may wait to share a commit with new rows."""
 
+BUSY = 0.01
+"""A commit that starts within this many seconds of the last one ends lingers first..."""
+LINGER = 0.003
+"""...this many seconds, so that under load each commit carries more rows."""
+
 RETENTION_EVERY = 3600.0
 """Seconds between two deletions of finished rows past their retention."""
 
@@ -634,6 +639,7 @@ class _Writer:
         next_tick = time.monotonic() + interval
         batch: list[_Op] = []
         write_by: float | None = None  # the latest moment queued changes are written
+        wrote = 0.0  # when the last commit ended
         stopping = False
         while True:
             deadline = next_tick if write_by is None else min(next_tick, write_by)
@@ -641,6 +647,10 @@ class _Writer:
                 op: _Op | None = self.ops.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 op = None
+            if op is not None and time.monotonic() - wrote < BUSY:
+                # Commits follow each other: let a little more queue up for this one.
+                # The event loop has the interpreter to itself meanwhile.
+                time.sleep(LINGER)
             urgent = False
             # Everything queued meanwhile goes into the same commit.
             while op is not None:
@@ -661,6 +671,7 @@ class _Writer:
             # load they ride along, and a commit is saved per task.
             if batch and (urgent or stopping or now >= write_by):  # type: ignore[operator]
                 self.write(conn, batch, loop)
+                wrote = time.monotonic()
                 batch = []
                 write_by = None
             if stopping:
