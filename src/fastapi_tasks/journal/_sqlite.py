@@ -590,17 +590,7 @@ class _Writer:
             conn.execute(f"PRAGMA synchronous={settings.synchronous.upper()}")
             now = time.time()
             with _transaction(conn):
-                conn.execute(
-                    f"INSERT INTO {OWNERS} (owner, host, pid, identity, lease_until) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (
-                        self.owner,
-                        HOST,
-                        os.getpid(),
-                        process_identity(os.getpid()) or "",
-                        now + settings.lease,
-                    ),
-                )
+                self.register(conn, now)
                 self.claimed = self.claim(conn, now)
             self.purge(conn, now)
         except BaseException as exc:
@@ -720,17 +710,7 @@ class _Writer:
                 if not renewed:
                     # Another process found our lease expired (we stalled) and took
                     # our rows: stop what we lost, and own what is still ours.
-                    conn.execute(
-                        f"INSERT INTO {OWNERS} (owner, host, pid, identity, lease_until) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (
-                            self.owner,
-                            HOST,
-                            os.getpid(),
-                            process_identity(os.getpid()) or "",
-                            now + settings.lease,
-                        ),
-                    )
+                    self.register(conn, now)
                     still = {
                         row[0]
                         for row in conn.execute(
@@ -760,6 +740,15 @@ class _Writer:
             loop.call_soon_threadsafe(self.lose, lost)
         if claimed:
             loop.call_soon_threadsafe(self.adopt, claimed)
+
+    def register(self, conn: sqlite3.Connection, now: float) -> None:
+        """This process's owner row, with a fresh lease (inside the caller's transaction)."""
+        pid = os.getpid()
+        conn.execute(
+            f"INSERT INTO {OWNERS} (owner, host, pid, identity, lease_until) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (self.owner, HOST, pid, process_identity(pid) or "", now + self.settings.lease),
+        )
 
     def claim(self, conn: sqlite3.Connection, now: float) -> list[Revived]:
         """Take the unfinished rows nobody alive owns; read them back as runnable work."""
